@@ -1,0 +1,146 @@
+"""Command-line flags: the seed's names, groups and spelling (--flag=True); defaults are the
+seed's published run (ram_6_8x8_2). A typo or a bad value is one error line, not a traceback."""
+import argparse
+import sys
+
+from utils import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse prints the whole usage first; one line that names the problem is enough
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+class Removed(argparse.Action):
+    """A seed flag that did nothing: say so instead of 'unrecognized argument'."""
+
+    def __init__(self, option_strings, dest, why, **kwargs):
+        self.why = why
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was removed: {self.why}")
+
+
+def str2bool(v):
+    if v.lower() in ("true", "1"):
+        return True
+    if v.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True, False, 1 or 0, got {v!r}")
+
+
+str2bool.__name__ = "boolean"  # argparse names the type in its message
+
+parser = Parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)",
+                allow_abbrev=False)  # --epoch must not silently mean --epochs
+
+glimpse_arg = parser.add_argument_group("Glimpse Network Params")
+glimpse_arg.add_argument("--patch_size", type=int, default=8,
+                         help="size g of the extracted patch at highest res")
+glimpse_arg.add_argument("--glimpse_scale", type=int, default=2,
+                         help="scale s of successive patches")
+glimpse_arg.add_argument("--num_patches", type=int, default=1,
+                         help="# k of downscaled patches per glimpse")
+glimpse_arg.add_argument("--loc_hidden", type=int, default=128, help="hidden size of loc fc")
+glimpse_arg.add_argument("--glimpse_hidden", type=int, default=128,
+                         help="hidden size of glimpse fc")
+
+core_arg = parser.add_argument_group("Core Network Params")
+core_arg.add_argument("--num_glimpses", type=int, default=6,
+                      help="# of glimpses T, i.e. BPTT iterations")
+core_arg.add_argument("--hidden_size", type=int, default=256,
+                      help="hidden size of rnn (= glimpse_hidden + loc_hidden)")
+
+reinforce_arg = parser.add_argument_group("Reinforce Params")
+reinforce_arg.add_argument("--std", type=float, default=0.17,
+                           help="gaussian policy standard deviation")
+reinforce_arg.add_argument("--M", type=int, default=10,
+                           help="Monte Carlo sampling for valid and test sets")
+reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="random",
+                           help="first glimpse location: uniform in [-1, 1]^2 (the seed) "
+                                "or the image centre")
+
+data_arg = parser.add_argument_group("Data Params")
+data_arg.add_argument("--valid_size", type=float, default=0.1,
+                      help="Proportion of training set used for validation")
+data_arg.add_argument("--batch_size", type=int, default=32,
+                      help="# of images in each batch of data")
+data_arg.add_argument("--num_workers", type=int, default=4,
+                      help="# of loader subprocesses for datasets decoded per image "
+                           "(MNIST is decoded once into memory and needs none)")
+data_arg.add_argument("--shuffle", type=str2bool, default=True,
+                      help="Whether to shuffle the train and valid indices")
+data_arg.add_argument("--show_sample", type=str2bool, default=False,
+                      help="Whether to save a sample grid of the data in plot_dir")
+
+train_arg = parser.add_argument_group("Training Params")
+train_arg.add_argument("--is_train", type=str2bool, default=True,
+                       help="Whether to train or test the model")
+train_arg.add_argument("--momentum", action=Removed, nargs="?",
+                       why="the optimizer is Adam, which never used it")
+train_arg.add_argument("--epochs", type=int, default=200,
+                       help="# of epochs to train for, in total (a resumed run included)")
+train_arg.add_argument("--init_lr", type=float, default=3e-4, help="Initial learning rate value")
+train_arg.add_argument("--lr_patience", type=int, default=10,
+                       help="Number of epochs to wait before reducing lr")
+train_arg.add_argument("--train_patience", type=int, default=50,
+                       help="Number of epochs to wait before stopping train")
+
+misc_arg = parser.add_argument_group("Misc.")
+misc_arg.add_argument("--use_gpu", type=str2bool, default=True,
+                      help="Whether to run on the GPU (when there is one)")
+misc_arg.add_argument("--best", type=str2bool, default=True,
+                      help="Load best model or most recent for testing")
+misc_arg.add_argument("--random_seed", type=int, default=1,
+                      help="Seed to ensure reproducibility")
+misc_arg.add_argument("--data_dir", type=str, default="./data",
+                      help="Directory in which data is stored")
+misc_arg.add_argument("--ckpt_dir", type=str, default="./ckpt",
+                      help="Directory in which to save model checkpoints")
+misc_arg.add_argument("--logs_dir", type=str, default="./logs/",
+                      help="Directory in which Tensorboard logs wil be stored")
+misc_arg.add_argument("--use_tensorboard", type=str2bool, default=False,
+                      help="Whether to use tensorboard for visualization")
+misc_arg.add_argument("--resume", type=str2bool, default=False,
+                      help="Whether to resume training from checkpoint")
+misc_arg.add_argument("--print_freq", type=int, default=10,
+                      help="How frequently (in batches) to update the progress bar")
+misc_arg.add_argument("--plot_freq", type=int, default=1,
+                      help="How frequently (in epochs) to save glimpses (0: never)")
+misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
+                      help="Directory in which glimpse pickles and plots are stored")
+misc_arg.add_argument("--compile", type=str2bool, default=False,
+                      help="torch.compile the model (costs start-up time)")
+
+
+def check(config):
+    """Raises UserError on values the model or trainer cannot run with."""
+    positive = ("patch_size", "num_glimpses", "batch_size", "M", "num_patches", "epochs",
+                "loc_hidden", "glimpse_hidden", "hidden_size", "print_freq")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(config, name)}")
+    for name in ("num_workers", "lr_patience", "train_patience", "plot_freq"):
+        if getattr(config, name) < 0:
+            raise UserError(f"--{name} must be 0 or more, got {getattr(config, name)}")
+    if config.num_patches > 1 and config.glimpse_scale < 1:
+        raise UserError(f"--glimpse_scale must be at least 1 with --num_patches="
+                        f"{config.num_patches}, got {config.glimpse_scale}")
+    if not config.std > 0:
+        raise UserError(f"--std must be positive, got {config.std}")
+    if not 0 <= config.valid_size < 1:
+        raise UserError(f"--valid_size must be in [0, 1), got {config.valid_size}")
+    if not config.init_lr > 0:
+        raise UserError(f"--init_lr must be positive, got {config.init_lr}")
+    if config.hidden_size != config.glimpse_hidden + config.loc_hidden:
+        raise UserError(f"--hidden_size ({config.hidden_size}) must equal --glimpse_hidden + "
+                        f"--loc_hidden ({config.glimpse_hidden} + {config.loc_hidden})")
+
+
+def get_config(argv=None):
+    config = parser.parse_args(argv)
+    del config.momentum
+    return config

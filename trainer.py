@@ -1,0 +1,289 @@
+"""Training, validation and test of RAM, top to bottom as the algorithm runs.
+
+One epoch: for each batch, T glimpses from a random (or central) l_0, the hybrid loss
+(classifier NLL + baseline MSE + REINFORCE), one Adam step. Then validation with M Monte-Carlo
+runs per image, the LR schedule, early stopping and a crash-safe checkpoint.
+"""
+import json
+import os
+import pickle
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import utils
+from model import RecurrentAttention, Rollout, loss_terms
+from utils import UserError
+
+# settings that change the network's tensors or what a checkpoint's name promises
+ARCH_KEYS = ("patch_size", "num_patches", "glimpse_scale", "glimpse_hidden", "loc_hidden",
+             "hidden_size", "num_glimpses")
+
+
+class Diverged(UserError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+class Trainer:
+    def __init__(self, config, device, train_loader=None, valid_loader=None, test_loader=None,
+                 channels=1, num_classes=10):
+        self.config = config
+        self.device = device
+        self.train_loader, self.valid_loader, self.test_loader = (train_loader, valid_loader,
+                                                                  test_loader)
+        self.num_glimpses, self.M = config.num_glimpses, config.M
+        self.model_name = utils.model_name(config)
+        self.plot_dir = os.path.join(config.plot_dir, self.model_name)
+
+        self.model = RecurrentAttention(
+            config.patch_size, config.num_patches, config.glimpse_scale, channels,
+            config.glimpse_hidden, config.loc_hidden, config.std, config.hidden_size,
+            num_classes).to(device)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        print("[*] Number of model parameters: {:,}".format(
+            sum(p.numel() for p in self.model.parameters())))
+
+        fused = device.type in ("cpu", "cuda")  # one kernel for all 18 tensors
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.init_lr, fused=fused)
+        # validation accuracy should go up: the seed steps on its negative with mode "min"
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, "min", patience=config.lr_patience)
+        self.start_epoch, self.best_valid_acc, self.counter = 0, 0.0, 0
+        self.saved_epoch = None
+        self.writer = None
+
+    # ---------------------------------------------------------------- the glimpse loop, once
+    def initial_location(self, n):
+        if self.config.init_loc == "center":
+            return torch.zeros(n, 2, device=self.device)
+        return torch.empty(n, 2, device=self.device).uniform_(-1, 1)
+
+    def rollout(self, x, M=1):
+        """T glimpses on x (B, ...); with M > 1 on M copies of each image, outputs averaged over
+        the copies as in the seed (log-probabilities, log pi and baselines alike)."""
+        B = x.shape[0]
+        if M > 1:
+            x = x.repeat(M, 1, 1, 1)
+        out = self.forward(x, self.initial_location(len(x)), self.num_glimpses)
+        if M > 1:
+            out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
+        return out
+
+    # ---------------------------------------------------------------- training
+    def train(self):
+        if self.config.resume:
+            self.load_checkpoint(best=False)
+            if self.start_epoch >= self.config.epochs:
+                raise UserError(f"the checkpoint has {self.start_epoch} epochs and --epochs="
+                                f"{self.config.epochs} is the total: pass a larger --epochs")
+        utils.save_config(self.config)
+        if self.config.use_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(self.config.logs_dir, self.model_name))
+        print("\n[*] Train on {} samples, validate on {} samples".format(
+            self.train_loader.num_samples, self.valid_loader.num_samples))
+
+        for epoch in range(self.start_epoch, self.config.epochs):
+            print("\nEpoch: {}/{} - LR: {:.6f}".format(
+                epoch + 1, self.config.epochs, self.optimizer.param_groups[0]["lr"]))
+            train_loss, train_acc = self.train_one_epoch(epoch)
+            if self.valid_loader.num_samples:
+                valid_loss, valid_acc, _ = self.evaluate(self.valid_loader)
+            else:  # --valid_size=0: the training figures stand in for validation
+                valid_loss, valid_acc = train_loss, train_acc
+            self.scheduler.step(-valid_acc)
+
+            is_best = valid_acc > self.best_valid_acc
+            msg = "train loss: {:.3f} - train acc: {:.3f} - val loss: {:.3f} - val acc: {:.3f}" \
+                  " - val err: {:.3f}".format(train_loss, train_acc, valid_loss, valid_acc,
+                                              100 - valid_acc)
+            print(msg + (" [*]" if is_best else ""))
+            self.counter = 0 if is_best else self.counter + 1
+            self.best_valid_acc = max(valid_acc, self.best_valid_acc)
+            self.log(epoch + 1, valid_loss=valid_loss, valid_acc=valid_acc)
+            self.save_checkpoint(epoch + 1, is_best)
+            if self.counter > self.config.train_patience:
+                print("[!] No improvement in a while, stopping training.")
+                break
+        if self.writer:
+            self.writer.close()
+
+    def train_one_epoch(self, epoch):
+        self.model.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        plot = self.config.plot_freq > 0 and epoch % self.config.plot_freq == 0
+        loss_sum = correct = seen = 0
+        tic = time.time()
+        with tqdm(total=loader.num_samples, leave=False) as pbar:
+            for i, (x, y) in enumerate(loader):
+                out = self.rollout(x)
+                loss, R = loss_terms(out, y)
+                if not torch.isfinite(loss):  # before the step: the weights stay good
+                    raise Diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
+                                   f"{i + 1}; the last good checkpoint is epoch "
+                                   f"{self.saved_epoch or self.start_epoch or 'none'}: "
+                                   "try a smaller --init_lr")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+
+                loss_sum += loss.detach() * len(y)
+                correct += R.sum()
+                seen += len(y)
+                if plot and i == 0:
+                    self.save_glimpses(epoch, x, out.locs)
+                if (i + 1) % self.config.print_freq == 0 or seen == loader.num_samples:
+                    avg_loss, avg_acc = loss_sum.item() / seen, 100 * correct.item() / seen
+                    pbar.set_description("{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
+                        time.time() - tic, avg_loss, avg_acc))
+                    pbar.update(seen - pbar.n)
+                    self.log(epoch * len(loader) + i + 1, train_loss=avg_loss,
+                             train_acc=avg_acc)
+        return loss_sum.item() / seen, 100 * correct.item() / seen
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, loader):
+        """(loss, accuracy %, correct count) with M Monte-Carlo runs per image."""
+        self.model.eval()
+        loss_sum = correct = 0
+        for x, y in loader:
+            out = self.rollout(x, self.M)
+            loss, R = loss_terms(out, y)
+            loss_sum += loss * len(y)
+            correct += R.sum()
+        n = loader.num_samples
+        correct = int(correct.item())
+        return loss_sum.item() / n, 100 * correct / n, correct
+
+    def test(self):
+        self.load_checkpoint(best=self.config.best)
+        _, acc, correct = self.evaluate(self.test_loader)
+        print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, self.test_loader.num_samples, acc))
+        return acc
+
+    # ---------------------------------------------------------------- records
+    def log(self, step, **scalars):
+        if self.writer:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+
+    def save_glimpses(self, epoch, x, locs):
+        """g_<epoch>.p: [the first 9 images]; l_<epoch>.p: T arrays (9, 2), where glimpses
+        1..T were taken (l_0 first), in [-1, 1]."""
+        imgs = x[:9].cpu().numpy()
+        imgs = [imgs.squeeze(1) if imgs.shape[1] == 1 else imgs]
+        locs = [l.cpu().numpy() for l in locs[:9].unbind(1)]
+        for name, obj in ((f"g_{epoch + 1}.p", imgs), (f"l_{epoch + 1}.p", locs)):
+            utils.atomic_write(os.path.join(self.plot_dir, name), lambda f: pickle.dump(obj, f))
+
+    def ckpt_path(self, best):
+        suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
+        return os.path.join(self.config.ckpt_dir, self.model_name + suffix)
+
+    def save_checkpoint(self, epoch, is_best):
+        state = {
+            "epoch": epoch,
+            "model_state": self.model.state_dict(),
+            "optim_state": self.optimizer.state_dict(),
+            "best_valid_acc": self.best_valid_acc,
+            "scheduler_state": self.scheduler.state_dict(),
+            "counter": self.counter,
+            "rng_state": rng_state(),
+            "params": vars(self.config),
+        }
+        utils.save_torch(state, self.ckpt_path(best=False))
+        if is_best:
+            utils.save_torch(state, self.ckpt_path(best=True))
+        self.saved_epoch = epoch
+
+    def load_checkpoint(self, best):
+        path = self.ckpt_path(best)
+        print("[*] Loading model from {}".format(self.config.ckpt_dir))
+        ckpt = read_checkpoint(path, self.device)
+        json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
+        check_params(ckpt, path, json_path, self.config)
+        try:
+            self.model.load_state_dict(ckpt["model_state"])
+        except RuntimeError:
+            raise UserError(shape_mismatch(path, ckpt["model_state"], self.model)) from None
+        self.start_epoch = ckpt["epoch"]
+        self.best_valid_acc = ckpt["best_valid_acc"]
+        if not best:  # resuming: everything the next epoch depends on
+            self.optimizer.load_state_dict(ckpt["optim_state"])
+            if "scheduler_state" in ckpt:
+                self.scheduler.load_state_dict(ckpt["scheduler_state"])
+            self.counter = ckpt.get("counter", 0)
+            if "rng_state" in ckpt:
+                set_rng_state(ckpt["rng_state"])
+        print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
+            os.path.basename(path), ckpt["epoch"], ckpt["best_valid_acc"]))
+
+
+def read_checkpoint(path, device):
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint {path}: train first (python main.py), or point "
+                        "--ckpt_dir at the folder holding it")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is no checkpoint
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): "
+                        "it is truncated or corrupt") from None
+    missing = [k for k in ("epoch", "model_state", "best_valid_acc")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is not a RAM checkpoint: it has no {', '.join(missing)}")
+    return ckpt
+
+
+def check_params(ckpt, path, json_path, config):
+    """Names the settings that differ from the checkpoint's, from its params (or the json
+    beside it, as the seed wrote); a seed checkpoint with neither is checked by shapes."""
+    params = ckpt.get("params")
+    if params is None and os.path.isfile(json_path):
+        try:
+            with open(json_path) as f:
+                params = json.load(f)
+        except (OSError, ValueError):
+            params = None
+    if not params:
+        return
+    differ = [f"--{k}={params[k]} (given {getattr(config, k)})" for k in ARCH_KEYS
+              if k in params and params[k] != getattr(config, k)]
+    if differ:
+        raise UserError(f"{path} was trained with other settings: {', '.join(differ)}; "
+                        "pass those flags to use it")
+
+
+def shape_mismatch(path, state, model):
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and v.shape != own[k].shape]
+    extra = sorted(set(state) ^ set(own))
+    what = "; ".join(bad) + ("; keys differ: " + ", ".join(extra) if extra else "")
+    return (f"{path} was made with another configuration (checkpoint vs these flags: {what}); "
+            "pass the flags it was trained with")
+
+
+def rng_state():
+    """Every random stream the next epoch draws from, in a form torch.load(weights_only) takes."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])

@@ -1,0 +1,82 @@
+"""Small helpers: user errors, crash-safe writes, folders, the params json, the sample grid."""
+import json
+import os
+import tempfile
+
+import torch
+
+
+class UserError(Exception):
+    """A mistake of the user's (flag, file, checkpoint): main prints it as one line, no traceback."""
+
+
+def model_name(config):
+    return "ram_{}_{}x{}_{}".format(config.num_glimpses, config.patch_size, config.patch_size,
+                                    config.glimpse_scale)
+
+
+def atomic_write(path, write):
+    """Calls write(file) on a temporary file beside path, flushes it to disk, then renames it
+    over path: a crash at any moment leaves the old file or the new one, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_torch(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_json(obj, path):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=4, sort_keys=True).encode()))
+
+
+def prepare_dirs(*dirs):
+    """Creates each folder and checks it is writable, before any work is done."""
+    for d in dirs:
+        try:
+            os.makedirs(d, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write to folder {d!r} ({e.strerror or e}): "
+                            "choose another with the matching --*_dir flag") from None
+
+
+def save_config(config):
+    """Writes <ckpt_dir>/<model_name>_params.json, as the seed does, and a copy beside the
+    glimpse pickles so that plot_glimpses.py needs no flags to read them."""
+    name = model_name(config)
+    param_path = os.path.join(config.ckpt_dir, name + "_params.json")
+    print("[*] Model Checkpoint Dir: {}".format(config.ckpt_dir))
+    print("[*] Param Path: {}".format(param_path))
+    save_json(vars(config), param_path)
+    save_json(vars(config), os.path.join(config.plot_dir, name, "params.json"))
+
+
+def plot_images(images, labels, path):
+    """Saves a 3x3 grid of images (9, C, H, W) with their labels as a PNG (headless)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 3, figsize=(5, 5))
+    for ax, img, y in zip(axes.flat, images, labels):
+        img = img.permute(1, 2, 0).squeeze(-1).cpu().numpy()
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_xlabel(str(int(y)))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(images):]:
+        ax.axis("off")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
