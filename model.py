@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from modules import (ActionNetwork, BaselineNetwork, CoreNetwork, GlimpseNetwork,
                      LocationNetwork)
@@ -65,18 +66,27 @@ class RecurrentAttention(nn.Module):
         return Rollout(self.classifier(h_t), log_pi, b, torch.stack(locs, 1))
 
 
-def loss_terms(out, y):
-    """The hybrid loss of the paper, as the seed weighs it.
+class Losses(NamedTuple):
+    action: torch.Tensor  # NLL of the classifier after the last glimpse
+    baseline: torch.Tensor  # MSE of b_t against R
+    reinforce: torch.Tensor  # mean over the batch of sum_t -log pi(l_t) * (R - b_t)
+    R: torch.Tensor  # (B,) reward: 1.0 where the classification is right
 
-    R = 1 for a right classification after the last glimpse, else 0, at every step;
-    loss = nll + mse(b, R) + 0.01 * mean_batch(sum_t -log pi(l_t) * (R - b_t)).
-    Returns (loss, R), R (B,) as float.
+    @property
+    def total(self):
+        """The hybrid loss, weighted as in the seed."""
+        return self.action + self.baseline + 0.01 * self.reinforce
+
+
+def loss_terms(out, y):
+    """The hybrid loss of the paper for a Rollout and labels y (B,).
+
+    R = 1 for a right classification after the last glimpse, else 0, at every step; the
+    baseline b_t is detached in the REINFORCE term, so that term trains the policy alone.
     """
-    predicted = out.log_probas.argmax(1)
-    R = (predicted == y).float()
-    loss_action = nn.functional.nll_loss(out.log_probas, y)
+    R = (out.log_probas.argmax(1) == y).float()
     R_t = R.unsqueeze(1).expand_as(out.b)
-    loss_baseline = nn.functional.mse_loss(out.b, R_t)
-    adjusted_reward = R_t - out.b.detach()
-    loss_reinforce = (-out.log_pi * adjusted_reward).sum(1).mean()
-    return loss_action + loss_baseline + 0.01 * loss_reinforce, R
+    action = F.nll_loss(out.log_probas, y)
+    baseline = F.mse_loss(out.b, R_t)
+    reinforce = (-out.log_pi * (R_t - out.b.detach())).sum(1).mean()
+    return Losses(action, baseline, reinforce, R)

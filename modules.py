@@ -15,65 +15,57 @@ class Retina:
     next one s times wider, each average-pooled down to g x g, flattened into phi.
 
     Exactly the seed's sensor (centre c = floor((l + 1) / 2 * size), top-left corner c - n // 2,
-    zeros outside the image) but with no Python loop over the batch: each scale's image is
-    box-filtered once (avg_pool2d with stride 1), after which a pooled patch is just a strided
-    g x g gather, so one `gather` serves every image and every scale.
+    zeros outside the image) but with no Python loop over the batch: the images are zero-padded
+    once, and every pixel of every patch of every image is fetched by one `gather` with
+    precomputed offsets; the wider patches are then average-pooled as in the seed.
     """
 
     def __init__(self, g, k, s):
         self.g, self.k, self.s = g, k, s
         self.sizes = [g * s**i for i in range(k)]
         self.pad = self.sizes[-1]  # enough for any centre in [0, H] and any patch
-        self._index = {}  # (H, W, device) -> (base, row_stride), built once per image size
+        self._offsets = {}  # (H, W, device) -> (base, row_step) of every patch pixel
 
     def prepare(self, x):
-        """Pads and box-filters x (B, C, H, W) once; the result serves every glimpse of x."""
+        """Pads x (B, C, H, W) once; the result serves every glimpse of x."""
         B, C, H, W = x.shape
         P = self.pad
-        x = F.pad(x, (P, P, P, P))
-        flat = [x.flatten(2)]  # scale 0 needs no pooling
-        for n in self.sizes[1:]:
-            f = n // self.g
-            flat.append(F.avg_pool2d(x, f, stride=1).flatten(2))
-        flat = torch.cat(flat, 2) if len(flat) > 1 else flat[0]
-        return flat, H, W
+        return F.pad(x, (P, P, P, P)).flatten(2), H, W
 
-    def _indices(self, H, W, device):
+    def _patch_offsets(self, H, W, device):
+        """Flat offset of each patch pixel from the padded image's origin, when c = (0, 0)."""
         key = (H, W, device)
-        if key not in self._index:
-            g, P = self.g, self.pad
-            Hp, Wp = H + 2 * P, W + 2 * P
-            base, stride, offset = [], [], 0
-            a = torch.arange(g)
+        if key not in self._offsets:
+            P, Wp = self.pad, W + 2 * self.pad
+            base = []
             for n in self.sizes:
-                f = n // g
-                Hq, Wq = Hp - f + 1, Wp - f + 1  # pooled image size
-                rows = P - n // 2 + a * f
-                cols = P - n // 2 + a * f
-                base.append(offset + rows[:, None] * Wq + cols[None, :])
-                stride.append(torch.full((g, g), Wq))
-                offset += Hq * Wq
-            base = torch.stack(base).flatten().to(device)
-            stride = torch.stack(stride).flatten().to(device)
-            self._index[key] = (base, stride)
-        return self._index[key]
+                r = torch.arange(n) + P - n // 2
+                base.append((r[:, None] * Wp + r[None, :]).flatten())
+            self._offsets[key] = torch.cat(base).to(device)
+        return self._offsets[key]
 
     def centre(self, l, H, W):
-        """Pixel centre (column, row) of location l, with the seed's arithmetic."""
-        size = torch.tensor([W, H], dtype=l.dtype, device=l.device)
-        return (0.5 * ((l + 1.0) * size)).long()
+        """Pixel centre (column, row) of location l, with the seed's arithmetic (size * ...)."""
+        x = (0.5 * ((l[:, 0] + 1.0) * W)).long()
+        y = (0.5 * ((l[:, 1] + 1.0) * H)).long()
+        return x, y
 
     def glimpse(self, prepared, l):
         """phi (B, k*C*g*g) at l (B, 2) from the output of prepare()."""
         flat, H, W = prepared
         B, C, _ = flat.shape
-        base, stride = self._indices(H, W, flat.device)
-        c = self.centre(l, H, W)
-        idx = base + c[:, 1:2] * stride + c[:, 0:1]  # (B, k*g*g)
-        phi = flat.gather(2, idx.unsqueeze(1).expand(B, C, idx.shape[1]))
-        # (B, C, k, g*g) -> (B, k, C, g*g): the seed stacks the scales along channels
-        phi = phi.view(B, C, self.k, -1).transpose(1, 2)
-        return phi.reshape(B, -1)
+        base = self._patch_offsets(H, W, flat.device)
+        cx, cy = self.centre(l, H, W)
+        idx = base + (cy * (W + 2 * self.pad) + cx).unsqueeze(1)  # (B, sum n^2)
+        pixels = flat.gather(2, idx.unsqueeze(1).expand(B, C, idx.shape[1]))
+        if self.k == 1:
+            return pixels.reshape(B, -1)
+        phi, start = [], 0
+        for n in self.sizes:
+            patch = pixels[:, :, start:start + n * n].reshape(B, C, n, n)
+            phi.append(F.avg_pool2d(patch, n // self.g) if n > self.g else patch)
+            start += n * n
+        return torch.cat(phi, 1).reshape(B, -1)  # scales stacked along channels, as the seed
 
     def foveate(self, x, l):
         """phi (B, k*C*g*g) for images x (B, C, H, W) at locations l (B, 2)."""

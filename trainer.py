@@ -121,7 +121,8 @@ class Trainer:
         with tqdm(total=loader.num_samples, leave=False) as pbar:
             for i, (x, y) in enumerate(loader):
                 out = self.rollout(x)
-                loss, R = loss_terms(out, y)
+                losses = loss_terms(out, y)
+                loss = losses.total
                 if not torch.isfinite(loss):  # before the step: the weights stay good
                     raise Diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
                                    f"{i + 1}; the last good checkpoint is epoch "
@@ -132,7 +133,7 @@ class Trainer:
                 self.optimizer.step()
 
                 loss_sum += loss.detach() * len(y)
-                correct += R.sum()
+                correct += losses.R.sum()
                 seen += len(y)
                 if plot and i == 0:
                     self.save_glimpses(epoch, x, out.locs)
@@ -153,9 +154,9 @@ class Trainer:
         loss_sum = correct = 0
         for x, y in loader:
             out = self.rollout(x, self.M)
-            loss, R = loss_terms(out, y)
-            loss_sum += loss * len(y)
-            correct += R.sum()
+            losses = loss_terms(out, y)
+            loss_sum += losses.total * len(y)
+            correct += losses.R.sum()
         n = loader.num_samples
         correct = int(correct.item())
         return loss_sum.item() / n, 100 * correct / n, correct

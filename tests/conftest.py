@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny MNIST-format files written by the tests, and the CLI as a subprocess."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+REAL_MNIST = os.path.join(SHARED, "data", "MNIST", "raw")
+sys.path.insert(0, ROOT)
+
+
+def write_idx(path, array):
+    """Writes a uint8 array in LeCun's idx format (what torchvision's MNIST files are)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    with open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def make_mnist(data_dir, n_train=100, n_test=40, seed=0):
+    """Tiny MNIST in <data_dir>/MNIST/raw: each digit class is a bright square at its own
+    place, so a model can learn it, plus noise."""
+    rng = np.random.RandomState(seed)
+    raw = os.path.join(data_dir, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.randint(0, 10, n)
+        images = rng.randint(0, 40, (n, 28, 28))
+        for i, y in enumerate(labels):
+            r, c = 2 + 8 * (y // 4), 2 + 8 * (y % 4)
+            images[i, r:r + 6, c:c + 6] = 255
+        write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
+        write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
+    return data_dir
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A folder with tiny MNIST in data/, to run main.py in (its default folders are relative)."""
+    make_mnist(str(tmp_path / "data"))
+    return tmp_path
+
+
+def run_main(cwd, *args, check=True, timeout=300):
+    """python main.py ARGS in cwd, as a user runs it; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"main.py {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+TINY = ("--batch_size=16", "--M=2", "--print_freq=2", "--num_workers=0")
+
+
+@pytest.fixture
+def real_mnist(tmp_path):
+    """A temporary copy of the real MNIST in ../shared (never unpacked in ../shared itself)."""
+    if not os.path.isdir(REAL_MNIST):
+        pytest.skip("../shared/data/MNIST/raw is not here")
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(REAL_MNIST, raw)
+    return str(tmp_path / "data")

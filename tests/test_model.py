@@ -1,0 +1,112 @@
+"""The model: the seed's parameters, the paper's equations, and where each loss sends gradients."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import RecurrentAttention, Rollout, loss_terms
+from modules import LocationNetwork
+
+SEED_KEYS = [f"{m}.{p}" for m in ("sensor.fc1", "sensor.fc2", "sensor.fc3", "sensor.fc4",
+                                  "rnn.i2h", "rnn.h2h", "locator.fc", "classifier.fc",
+                                  "baseliner.fc") for p in ("weight", "bias")]
+
+
+def test_seed_parameter_count_and_names():
+    model = RecurrentAttention()
+    assert sum(p.numel() for p in model.parameters()) == 209_677
+    assert list(model.state_dict()) == SEED_KEYS
+
+
+def test_rollout_shapes_and_locations():
+    torch.manual_seed(0)
+    model = RecurrentAttention(g=8, k=2, s=2)
+    x, l_0 = torch.randn(5, 1, 28, 28), torch.rand(5, 2) * 2 - 1
+    out = model(x, l_0, 4)
+    assert out.log_probas.shape == (5, 10) and out.log_pi.shape == (5, 4)
+    assert out.b.shape == (5, 4) and out.locs.shape == (5, 4, 2)
+    assert torch.equal(out.locs[:, 0], l_0)  # the first glimpse is taken at l_0
+    assert out.locs.abs().max() <= 1
+    torch.testing.assert_close(out.log_probas.exp().sum(1), torch.ones(5))
+
+
+def test_forward_equals_plain_equations():
+    """One glimpse step written out from the paper's equations, with the same noise."""
+    torch.manual_seed(1)
+    model = RecurrentAttention(g=8, k=1, s=2, std=0.2)
+    x, l_0 = torch.randn(3, 1, 28, 28), torch.tensor([[0.1, -0.4], [1.0, 1.0], [-1.0, 0.3]])
+    torch.manual_seed(7)
+    out = model(x, l_0, 2)
+    torch.manual_seed(7)
+    eps = torch.randn(2, 3, 2)
+    s, r = model.sensor, model.rnn
+    h, l, log_pi, b = torch.zeros(3, 256), l_0, [], []
+    for t in range(2):
+        phi = s.retina.foveate(x, l)
+        g = F.relu(F.linear(F.relu(s.fc1(phi)), s.fc3.weight, s.fc3.bias)
+                   + s.fc4(F.relu(s.fc2(l))))
+        h = F.relu(r.i2h(g) + r.h2h(h))
+        mu = torch.tanh(model.locator.fc(h))
+        l_raw = mu + 0.2 * eps[t]
+        log_pi.append(torch.distributions.Normal(mu, 0.2).log_prob(l_raw).sum(1))
+        b.append(model.baseliner.fc(h).squeeze(1))
+        l = l_raw.clamp(-1, 1)
+    torch.testing.assert_close(out.log_probas, F.log_softmax(model.classifier.fc(h), 1))
+    torch.testing.assert_close(out.log_pi, torch.stack(log_pi, 1))
+    torch.testing.assert_close(out.b, torch.stack(b, 1))
+
+
+def test_log_prob_is_the_gaussian_density():
+    loc = LocationNetwork(4, 2, std=0.17)
+    mu, l_t = torch.rand(6, 2) - 0.5, torch.rand(6, 2) * 2 - 1
+    expected = torch.distributions.Normal(mu, 0.17).log_prob(l_t).sum(-1)
+    torch.testing.assert_close(loc.log_prob(mu, l_t), expected)
+
+
+def test_loss_equals_plain_reference():
+    """nll + mse(b, R) + 0.01 * mean_batch(sum_t -log_pi * (R - b)), in plain Python."""
+    torch.manual_seed(2)
+    B, T = 4, 3
+    log_probas = F.log_softmax(torch.randn(B, 10), 1)
+    y = log_probas.argmax(1)
+    y[0] = (y[0] + 1) % 10  # one wrong, three right
+    out = Rollout(log_probas, torch.randn(B, T), torch.rand(B, T), torch.zeros(B, T, 2))
+    losses = loss_terms(out, y)
+    R = [0.0, 1.0, 1.0, 1.0]
+    nll = -sum(log_probas[i, y[i]].item() for i in range(B)) / B
+    mse = sum((out.b[i, t].item() - R[i]) ** 2 for i in range(B) for t in range(T)) / (B * T)
+    rf = sum(sum(-out.log_pi[i, t].item() * (R[i] - out.b[i, t].item()) for t in range(T))
+             for i in range(B)) / B
+    assert losses.R.tolist() == R
+    assert math.isclose(losses.total.item(), nll + mse + 0.01 * rf, rel_tol=1e-5)
+
+
+def grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_gradients_flow_where_the_paper_says():
+    torch.manual_seed(3)
+    model = RecurrentAttention()
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    losses = loss_terms(model(x, torch.rand(16, 2) * 2 - 1, 6), y)
+    core = {n for n, _ in model.named_parameters() if n.startswith(("sensor.", "rnn."))}
+    # the classifier trains the classifier, core and glimpse networks, never the policy
+    assert grads(model, losses.action) == core | {"classifier.fc.weight", "classifier.fc.bias"}
+    # REINFORCE trains the location network alone
+    assert grads(model, losses.reinforce) == {"locator.fc.weight", "locator.fc.bias"}
+    # the baseline's regression trains the baseline alone
+    assert grads(model, losses.baseline) == {"baseliner.fc.weight", "baseliner.fc.bias"}
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_tiny_batches(B):
+    """The seed's b_t.squeeze() broke at batch size 1."""
+    model = RecurrentAttention()
+    out = model(torch.randn(B, 1, 28, 28), torch.zeros(B, 2), 6)
+    losses = loss_terms(out, torch.zeros(B, dtype=torch.long))
+    losses.total.backward()
+    assert out.b.shape == (B, 6) and torch.isfinite(losses.total)
