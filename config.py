@@ -1,6 +1,8 @@
 """Command-line flags: the seed's names, groups and spelling (--flag=True); defaults are the
 seed's published run (ram_6_8x8_2). A typo or a bad value is one error line, not a traceback."""
 import argparse
+import difflib
+import math
 import sys
 
 from utils import UserError
@@ -9,6 +11,12 @@ from utils import UserError
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints the whole usage first; one line that names the problem is enough
+        if message.startswith("unrecognized arguments"):
+            flags = [o for a in self._actions for o in a.option_strings]
+            typos = [w.split("=")[0] for w in message.split(": ", 1)[1].split()]
+            close = [m for t in typos for m in difflib.get_close_matches(t, flags, 1)]
+            if close:
+                message += f"; did you mean {', '.join(close)}?"
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
 
@@ -129,6 +137,9 @@ def check(config):
     if config.num_patches > 1 and config.glimpse_scale < 1:
         raise UserError(f"--glimpse_scale must be at least 1 with --num_patches="
                         f"{config.num_patches}, got {config.glimpse_scale}")
+    for name in ("std", "init_lr", "valid_size"):
+        if not math.isfinite(getattr(config, name)):
+            raise UserError(f"--{name} must be a finite number, got {getattr(config, name)}")
     if not config.std > 0:
         raise UserError(f"--std must be positive, got {config.std}")
     if not 0 <= config.valid_size < 1:

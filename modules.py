@@ -48,7 +48,9 @@ class Retina:
         """Pixel centre (column, row) of location l, with the seed's arithmetic (size * ...)."""
         x = (0.5 * ((l[:, 0] + 1.0) * W)).long()
         y = (0.5 * ((l[:, 1] + 1.0) * H)).long()
-        return x, y
+        # a no-op for l in [-1, 1]; a NaN l (a diverged policy) must not index out of bounds
+        # before the loss can report it
+        return x.clamp(0, W), y.clamp(0, H)
 
     def glimpse(self, prepared, l):
         """phi (B, k*C*g*g) at l (B, 2) from the output of prepare()."""

@@ -5,6 +5,7 @@ One epoch: for each batch, T glimpses from a random (or central) l_0, the hybrid
 runs per image, the LR schedule, early stopping and a crash-safe checkpoint.
 """
 import json
+import math
 import os
 import pickle
 import random
@@ -51,7 +52,8 @@ class Trainer:
         # validation accuracy should go up: the seed steps on its negative with mode "min"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, "min", patience=config.lr_patience)
-        self.start_epoch, self.best_valid_acc, self.counter = 0, 0.0, 0
+        # -inf, not the seed's 0: a first epoch at 0% must still leave a best checkpoint
+        self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
         self.saved_epoch = None
         self.writer = None
 
@@ -124,10 +126,12 @@ class Trainer:
                 losses = loss_terms(out, y)
                 loss = losses.total
                 if not torch.isfinite(loss):  # before the step: the weights stay good
+                    saved = self.saved_epoch or self.start_epoch
+                    kept = f"epoch {saved} is kept in {self.ckpt_path(False)}" if saved else \
+                        "no checkpoint was written"
                     raise Diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
-                                   f"{i + 1}; the last good checkpoint is epoch "
-                                   f"{self.saved_epoch or self.start_epoch or 'none'}: "
-                                   "try a smaller --init_lr")
+                                   f"{i + 1}; training stopped and {kept}: try a smaller "
+                                   "--init_lr")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

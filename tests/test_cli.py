@@ -1,0 +1,93 @@
+"""main.py as a user runs it, in a subprocess, on tiny MNIST-format files."""
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from conftest import SHARED, TINY, run_main
+
+NAME = "ram_6_8x8_2"
+
+
+def test_train_resume_test(workdir):
+    out = run_main(workdir, "--epochs=1", *TINY).stdout
+    assert "[*] Number of model parameters: 209,677" in out
+    assert "Epoch: 1/1 - LR: 0.000300" in out
+    assert re.search(r"train loss: [\d.]+ - train acc: [\d.]+ - val loss: [\d.]+ - val acc: "
+                     r"[\d.]+ - val err: [\d.]+ \[\*\]", out)
+    for f in (f"{NAME}_ckpt.pth.tar", f"{NAME}_model_best.pth.tar", f"{NAME}_params.json"):
+        assert os.path.isfile(workdir / "ckpt" / f), f
+    for f in ("g_1.p", "l_1.p"):
+        assert os.path.isfile(workdir / "plots" / NAME / f), f
+    ckpt = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
+    assert ckpt["epoch"] == 1 and {"model_state", "optim_state", "best_valid_acc"} <= set(ckpt)
+
+    out = run_main(workdir, "--resume=True", "--epochs=2", *TINY).stdout
+    assert "Epoch: 1/2" not in out and "Epoch: 2/2" in out
+    assert f"[*] Loaded {NAME}_ckpt.pth.tar checkpoint @ epoch 1" in out
+
+    out = run_main(workdir, "--is_train=False", *TINY).stdout
+    assert re.search(r"\[\*\] Test Acc: \d+/40 \(\d+\.\d\d%\)", out)
+
+
+def test_resume_is_exact(workdir, tmp_path):
+    """1 epoch, then --resume=True to 2, gives the same weights bit for bit as 2 epochs."""
+    straight = tmp_path / "straight"
+    run_main(workdir, "--epochs=2", f"--ckpt_dir={straight}", *TINY)
+    run_main(workdir, "--epochs=1", *TINY)
+    run_main(workdir, "--epochs=2", "--resume=True", *TINY)
+    a = torch.load(straight / f"{NAME}_ckpt.pth.tar", weights_only=True)
+    b = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
+    for k, v in a["model_state"].items():
+        assert torch.equal(v, b["model_state"][k]), k
+    assert a["optim_state"]["state"][0]["step"] == b["optim_state"]["state"][0]["step"]
+    assert a["counter"] == b["counter"] and a["best_valid_acc"] == b["best_valid_acc"]
+    assert a["scheduler_state"] == b["scheduler_state"]
+
+
+def test_batch_size_one_and_other_glimpse_settings(workdir):
+    run_main(workdir, "--epochs=1", "--batch_size=1", "--M=1", "--print_freq=50")
+    out = run_main(workdir, "--epochs=1", "--patch_size=5", "--num_patches=3",
+                   "--glimpse_scale=3", "--num_glimpses=3", "--init_loc=center", *TINY).stdout
+    assert "Epoch: 1/1" in out
+    assert os.path.isfile(workdir / "ckpt" / "ram_3_5x5_3_model_best.pth.tar")
+
+
+def test_glimpse_pickles(workdir):
+    run_main(workdir, "--epochs=1", "--init_loc=center", *TINY)
+    with open(workdir / "plots" / NAME / "g_1.p", "rb") as f:
+        imgs = pickle.load(f)
+    with open(workdir / "plots" / NAME / "l_1.p", "rb") as f:
+        locs = pickle.load(f)
+    assert len(imgs) == 1 and imgs[0].shape == (9, 28, 28)
+    assert len(locs) == 6 and all(l.shape == (9, 2) for l in locs)
+    assert (locs[0] == 0).all()  # the first glimpse is at the starting location
+    assert all(abs(l).max() <= 1 for l in locs)
+
+
+def test_tensorboard_scalars(workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_main(workdir, "--epochs=2", "--use_tensorboard=True", *TINY)
+    logdir = workdir / "logs" / NAME
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train_loss", "train_acc", "valid_loss", "valid_acc"} <= tags
+    assert [e.step for e in acc.Scalars("valid_acc")] == [1, 2]
+    assert all(0 <= e.value <= 100 for e in acc.Scalars("train_acc"))
+
+
+def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
+    """The seed's published checkpoint scores about 98.5% at M=10 (PAPER.md)."""
+    ref = os.path.join(SHARED, "reference", f"{NAME}_model_best.pth.tar")
+    if not os.path.isfile(ref):
+        pytest.skip("the seed checkpoint is not in ../shared/reference")
+    ckpt_dir = tmp_path / "seedckpt"
+    ckpt_dir.mkdir()
+    os.symlink(ref, ckpt_dir / f"{NAME}_model_best.pth.tar")
+    out = run_main(tmp_path, "--is_train=False", f"--data_dir={real_mnist}",
+                   f"--ckpt_dir={ckpt_dir}").stdout
+    correct = int(re.search(r"Test Acc: (\d+)/10000", out).group(1))
+    assert correct >= 9830, out
