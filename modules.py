@@ -16,32 +16,34 @@ class Retina:
 
     Exactly the seed's sensor (centre c = floor((l + 1) / 2 * size), top-left corner c - n // 2,
     zeros outside the image) but with no Python loop over the batch: the images are zero-padded
-    once, and every pixel of every patch of every image is fetched by one `gather` with
-    precomputed offsets; the wider patches are then average-pooled as in the seed.
+    once per rollout, and each scale's pixels, for every image, are fetched by one `gather`
+    with precomputed offsets; the wider patches are then average-pooled as in the seed.
     """
 
     def __init__(self, g, k, s):
         self.g, self.k, self.s = g, k, s
         self.sizes = [g * s**i for i in range(k)]
-        self.pad = self.sizes[-1]  # enough for any centre in [0, H] and any patch
-        self._offsets = {}  # (H, W, device) -> (base, row_step) of every patch pixel
+        # a patch of size n centred at c in [0, H] spans rows c - n // 2 .. c - n // 2 + n - 1
+        n = self.sizes[-1]
+        self.pad = (n // 2, n - n // 2)  # (before, after): the least that holds every patch
+        self._offsets = {}  # (W, device) -> flat offsets of each scale's pixels
 
     def prepare(self, x):
         """Pads x (B, C, H, W) once; the result serves every glimpse of x."""
         B, C, H, W = x.shape
-        P = self.pad
-        return F.pad(x, (P, P, P, P)).flatten(2), H, W
+        lo, hi = self.pad
+        return F.pad(x, (lo, hi, lo, hi)).flatten(2), H, W
 
-    def _patch_offsets(self, H, W, device):
-        """Flat offset of each patch pixel from the padded image's origin, when c = (0, 0)."""
-        key = (H, W, device)
+    def _patch_offsets(self, W, device):
+        """For each scale, the flat offset of each patch pixel in the padded image when the
+        centre is at pixel (0, 0)."""
+        key = (W, device)
         if key not in self._offsets:
-            P, Wp = self.pad, W + 2 * self.pad
-            base = []
+            lo, Wp = self.pad[0], W + sum(self.pad)
+            self._offsets[key] = []
             for n in self.sizes:
-                r = torch.arange(n) + P - n // 2
-                base.append((r[:, None] * Wp + r[None, :]).flatten())
-            self._offsets[key] = torch.cat(base).to(device)
+                r = torch.arange(n) + lo - n // 2
+                self._offsets[key].append((r[:, None] * Wp + r[None, :]).flatten().to(device))
         return self._offsets[key]
 
     def centre(self, l, H, W):
@@ -56,18 +58,17 @@ class Retina:
         """phi (B, k*C*g*g) at l (B, 2) from the output of prepare()."""
         flat, H, W = prepared
         B, C, _ = flat.shape
-        base = self._patch_offsets(H, W, flat.device)
         cx, cy = self.centre(l, H, W)
-        idx = base + (cy * (W + 2 * self.pad) + cx).unsqueeze(1)  # (B, sum n^2)
-        pixels = flat.gather(2, idx.unsqueeze(1).expand(B, C, idx.shape[1]))
-        if self.k == 1:
-            return pixels.reshape(B, -1)
-        phi, start = [], 0
-        for n in self.sizes:
-            patch = pixels[:, :, start:start + n * n].reshape(B, C, n, n)
-            phi.append(F.avg_pool2d(patch, n // self.g) if n > self.g else patch)
-            start += n * n
-        return torch.cat(phi, 1).reshape(B, -1)  # scales stacked along channels, as the seed
+        start = (cy * (W + sum(self.pad)) + cx).unsqueeze(1)  # (B, 1)
+        phi = []
+        for n, base in zip(self.sizes, self._patch_offsets(W, flat.device)):
+            idx = (base + start).unsqueeze(1).expand(B, C, n * n)
+            patch = flat.gather(2, idx)
+            if n > self.g:
+                patch = F.avg_pool2d(patch.view(B, C, n, n), n // self.g)
+            phi.append(patch.reshape(B, C * self.g * self.g))
+        # the scales stacked along channels, as the seed does
+        return torch.cat(phi, 1) if self.k > 1 else phi[0]
 
     def foveate(self, x, l):
         """phi (B, k*C*g*g) for images x (B, C, H, W) at locations l (B, 2)."""

@@ -1,0 +1,165 @@
+"""Throughput of RAM training and evaluation, this project's way and the seed's way.
+
+    python bench.py                                   # defaults: batch 32, 1 scale, M=10
+    python bench.py --batch_size=128 --num_patches=3  # the paper's multi-scale setting
+    python bench.py --seed_style=True                 # the seed's way, for comparison
+    python bench.py --epoch=True                      # also time one whole epoch
+
+Prints images/s for training steps (forward, loss, backward, Adam) and for evaluation (M
+Monte-Carlo rows per image, no autograd), the median of --repeats timed runs after a warm-up,
+and the seconds per MNIST epoch they imply (54,000 training images + 6,000 x M rows).
+The data is random 28x28 bytes in memory: speed does not depend on what the digits are.
+"""
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import config
+from model import RecurrentAttention, loss_terms
+from modules import Retina
+
+NUM_TRAIN, NUM_VALID = 54000, 6000
+
+
+class SeedRetina(Retina):
+    """The seed's sensor: pad per patch, then a Python loop over the batch for every crop."""
+
+    def foveate(self, x, l):
+        B, C, H, W = x.shape
+        phi = []
+        for n in self.sizes:
+            c = (0.5 * ((l + 1.0) * H)).long()  # the seed used H for both axes
+            start = c  # in padded coordinates, == c - n // 2 in the image's
+            xp = F.pad(x, (n // 2, n // 2, n // 2, n // 2))
+            patch = torch.stack([xp[i, :, start[i, 1]:start[i, 1] + n, start[i, 0]:start[i, 0] + n]
+                                 for i in range(B)])
+            phi.append(F.avg_pool2d(patch, n // self.g) if n > self.g else patch)
+        return torch.cat(phi, 1).view(B, -1)
+
+
+def seed_rollout(model, x, l_t, T):
+    """The seed's loop: one module call per glimpse, torch.distributions each step."""
+    h_t = x.new_zeros(len(x), model.hidden_size)
+    log_pi, b = [], []
+    for _ in range(T):
+        g_t = model.sensor(model.sensor.retina.foveate(x, l_t), l_t)
+        h_t = model.rnn(g_t, h_t)
+        mu = torch.tanh(model.locator.fc(h_t.detach()))
+        l_t = torch.distributions.Normal(mu, model.std).rsample().detach()
+        log_pi.append(torch.distributions.Normal(mu, model.std).log_prob(l_t).sum(1))
+        b.append(model.baseliner(h_t))
+        l_t = l_t.clamp(-1, 1)
+    from model import Rollout
+    return Rollout(model.classifier(h_t), torch.stack(log_pi, 1), torch.stack(b, 1), None)
+
+
+def seed_loader(batch_size, n, workers):
+    """torchvision transforms per image in DataLoader workers, as the seed's MNIST loader."""
+    from PIL import Image
+    from torchvision import transforms
+
+    class Bytes(torch.utils.data.Dataset):
+        def __init__(self):
+            self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8)
+            self.t = transforms.Compose([transforms.ToTensor(),
+                                         transforms.Normalize((0.1307,), (0.3081,))])
+
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return self.t(Image.fromarray(self.data[i].numpy(), mode="L")), i % 10
+
+    return torch.utils.data.DataLoader(Bytes(), batch_size=batch_size, shuffle=True,
+                                       num_workers=workers)
+
+
+def main():
+    config.parser.add_argument("--seed_style", type=config.str2bool, default=False)
+    config.parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    config.parser.add_argument("--repeats", type=int, default=5)
+    config.parser.add_argument("--epoch", type=config.str2bool, default=False,
+                               help="also time one whole epoch (train + validation)")
+    cfg = config.get_config()
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale, 1,
+                               cfg.glimpse_hidden, cfg.loc_hidden, cfg.std,
+                               cfg.hidden_size).to(device)
+    if cfg.seed_style:
+        model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.init_lr, fused=not cfg.seed_style)
+    fwd = torch.compile(model) if cfg.compile else model
+    T = cfg.num_glimpses
+
+    def rollout(x):
+        l_0 = torch.empty(len(x), 2, device=device).uniform_(-1, 1)
+        return seed_rollout(model, x, l_0, T) if cfg.seed_style else fwd(x, l_0, T)
+
+    def train_step(x, y):
+        loss = loss_terms(rollout(x), y).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def eval_step(x, y):
+        # the seed validated with autograd on, batch by batch; this project without it
+        with torch.set_grad_enabled(cfg.seed_style):
+            loss_terms(rollout(x.repeat(cfg.M, 1, 1, 1)), y.repeat(cfg.M)).R.sum().item()
+
+    eval_bs = cfg.batch_size if cfg.seed_style else max(cfg.batch_size, 4096 // cfg.M)
+
+    def timed(step, bs):
+        x = torch.randn(bs, 1, 28, 28, device=device)
+        y = torch.randint(0, 10, (bs,), device=device)
+        for _ in range(3):
+            step(x, y)
+        rates = []
+        for _ in range(cfg.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(cfg.steps):
+                step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(bs * cfg.steps / (time.perf_counter() - t))
+        return statistics.median(rates)
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    style = "seed-style" if cfg.seed_style else "this project"
+    print(f"{style} on {name}: batch {cfg.batch_size}, {cfg.num_patches} scale(s) of "
+          f"{cfg.patch_size}x{cfg.patch_size}, {T} glimpses, M={cfg.M}"
+          + (", compiled" if cfg.compile else ""))
+    train_ips = timed(train_step, cfg.batch_size)
+    eval_ips = timed(eval_step, eval_bs) * cfg.M  # rows per second
+    est = NUM_TRAIN / train_ips + NUM_VALID * cfg.M / eval_ips
+    print(f"train: {train_ips:,.0f} img/s   eval: {eval_ips:,.0f} rows/s   "
+          f"model-only epoch: {est:.1f} s")
+
+    if cfg.epoch:  # data loading included, as an epoch really runs
+        if cfg.seed_style:
+            train = seed_loader(cfg.batch_size, NUM_TRAIN, cfg.num_workers)
+            valid = seed_loader(cfg.batch_size, NUM_VALID, cfg.num_workers)
+        else:
+            from data_loader import Batches
+            images = torch.randn(NUM_TRAIN + NUM_VALID, 1, 28, 28, device=device)
+            labels = torch.randint(0, 10, (len(images),), device=device)
+            train = Batches(images, labels, range(NUM_TRAIN), cfg.batch_size, shuffle=True)
+            valid = Batches(images, labels, range(NUM_TRAIN, len(images)), eval_bs)
+        t = time.perf_counter()
+        for x, y in train:
+            train_step(x.to(device), y.to(device))
+        t_train = time.perf_counter() - t
+        for x, y in valid:
+            eval_step(x.to(device), y.to(device))
+        t_all = time.perf_counter() - t
+        print(f"one whole epoch: {t_all:.1f} s (train {t_train:.1f} s, "
+              f"validation {t_all - t_train:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

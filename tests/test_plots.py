@@ -1,0 +1,34 @@
+"""plot_glimpses.py on the pickles a real (tiny) training run leaves, run as a user runs it."""
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from conftest import ROOT, TINY, run_main
+
+
+def plot(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "plot_glimpses.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_gif_from_training_pickles(workdir):
+    run_main(workdir, "--epochs=2", "--plot_freq=1", "--num_glimpses=4", "--num_patches=2",
+             "--show_sample=True", *TINY)
+    plot_dir = workdir / "plots" / "ram_4_8x8_2"
+    assert os.path.isfile(plot_dir / "sample.png")
+    proc = plot(f"--plot_dir={plot_dir}", "--epoch=2")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(plot_dir / "epoch_2.gif") as gif:
+        assert gif.n_frames == 4  # one frame per glimpse
+    with Image.open(plot_dir / "epoch_2.png") as png:
+        assert png.size[0] > 100
+
+
+def test_missing_epoch_is_one_error_line(workdir):
+    run_main(workdir, "--epochs=1", *TINY)
+    proc = plot(f"--plot_dir={workdir / 'plots' / 'ram_6_8x8_2'}", "--epoch=7")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "g_7.p" in proc.stderr and "epochs saved there: 1" in proc.stderr
