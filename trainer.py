@@ -43,7 +43,7 @@ class Trainer:
             config.patch_size, config.num_patches, config.glimpse_scale, channels,
             config.glimpse_hidden, config.loc_hidden, config.std, config.hidden_size,
             num_classes).to(device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.ram = torch.compile(self.model) if config.compile else self.model
         print("[*] Number of model parameters: {:,}".format(
             sum(p.numel() for p in self.model.parameters())))
 
@@ -69,7 +69,7 @@ class Trainer:
         B = x.shape[0]
         if M > 1:
             x = x.repeat(M, 1, 1, 1)
-        out = self.forward(x, self.initial_location(len(x)), self.num_glimpses)
+        out = self.ram(x, self.initial_location(len(x)), self.num_glimpses)
         if M > 1:
             out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
         return out

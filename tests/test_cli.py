@@ -48,7 +48,9 @@ def test_resume_is_exact(workdir, tmp_path):
 
 
 def test_batch_size_one_and_other_glimpse_settings(workdir):
-    run_main(workdir, "--epochs=1", "--batch_size=1", "--M=1", "--print_freq=50")
+    out = run_main(workdir, "--epochs=1", "--batch_size=1", "--M=1", "--print_freq=50",
+                   "--valid_size=0").stdout
+    assert "validate on 0 samples" in out and "Epoch: 1/1" in out
     out = run_main(workdir, "--epochs=1", "--patch_size=5", "--num_patches=3",
                    "--glimpse_scale=3", "--num_glimpses=3", "--init_loc=center", *TINY).stdout
     assert "Epoch: 1/1" in out
