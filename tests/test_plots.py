@@ -32,3 +32,22 @@ def test_missing_epoch_is_one_error_line(workdir):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert "g_7.p" in proc.stderr and "epochs saved there: 1" in proc.stderr
+
+
+def test_colour_images_and_several_patches(tmp_path):
+    """Colour pickles (9, C, H, W) and non-square images draw too, one frame per glimpse."""
+    import numpy as np
+    import plot_glimpses
+    imgs = np.random.RandomState(0).randn(9, 3, 20, 30).astype(np.float32)
+    locs = np.random.RandomState(1).uniform(-1, 1, (9, 5, 2)).astype(np.float32)
+    gif, png = tmp_path / "c.gif", tmp_path / "c.png"
+    plot_glimpses.animate(imgs, locs, 4, 3, 2, str(gif), str(png))
+    with Image.open(gif) as g:
+        assert g.n_frames == 5
+
+
+def test_boxes_are_where_the_retina_cuts():
+    """The drawn box covers exactly the pixels the retina reads (hand-checked: l = (0.5, -1)
+    on a 4x4 image is column 3, row 0, so a 2x2 patch spans columns 2..3, rows -1..0)."""
+    import plot_glimpses
+    assert plot_glimpses.boxes((0.5, -1.0), 4, 4, 2, 2, 2) == [(1.5, -1.5, 2), (0.5, -2.5, 4)]
