@@ -5,10 +5,12 @@
     python main.py --is_train=False    # test <ckpt_dir>/<model_name>_model_best.pth.tar
 
 Every flag: python main.py --help. A mistake (flag, file, checkpoint) ends with one line on
-stderr and exit code 1 (2 for a flag argparse rejects); Ctrl-C stops with exit code 130.
+stderr and exit code 1 (2 for a flag argparse rejects); Ctrl-C (or SIGTERM) stops training at
+once, saying which epoch is saved, with exit code 130 (143).
 """
 import os
 import random
+import signal
 import sys
 
 import torch
@@ -50,7 +52,17 @@ def main(config):
         where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume with "
                  "python main.py --resume=True" if saved else "no epoch had been saved yet")
         print(f"\n[!] Interrupted: {where}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + stopped_by)
+
+
+stopped_by = signal.SIGINT
+
+
+def on_sigterm(signum, frame):
+    """A scheduler's or kill's SIGTERM stops training like Ctrl-C does."""
+    global stopped_by
+    stopped_by = signum
+    raise KeyboardInterrupt
 
 
 def eval_batch_size(config):
@@ -60,6 +72,7 @@ def eval_batch_size(config):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, on_sigterm)
     config = get_config()
     try:
         check(config)
@@ -69,4 +82,4 @@ if __name__ == "__main__":
         sys.exit(1)
     except KeyboardInterrupt:  # before training started: nothing to save
         print("\n[!] Interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + stopped_by)

@@ -181,13 +181,14 @@ def wait_for(path, proc, timeout=120):
         time.sleep(0.05)
 
 
-def test_ctrl_c_stops_cleanly(workdir):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_stops_cleanly(workdir, sig, code):
     proc = start_training(workdir, "--epochs=1000", *TINY)
     wait_for(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", proc)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert "Traceback" not in err
     last = [l for l in err.replace("\r", "\n").splitlines() if l.strip()][-1]
     assert "safely saved" in last and "--resume=True" in last, err
