@@ -14,8 +14,13 @@ def plot(*args):
 
 
 def test_gif_from_training_pickles(workdir):
-    run_main(workdir, "--epochs=2", "--plot_freq=1", "--num_glimpses=4", "--num_patches=2",
-             "--show_sample=True", *TINY)
+    out = run_main(workdir, "--epochs=2", "--plot_freq=1", "--num_glimpses=4",
+                   "--num_patches=2", "--show_sample=True", *TINY).stdout
+    (workdir / "train.log").write_text(out)
+    sys.path.insert(0, os.path.join(ROOT, "plots"))
+    import learning_curve
+    epochs, accs = learning_curve.read(workdir / "train.log")
+    assert epochs == [1, 2] and all(0 <= a <= 100 for a in accs)
     plot_dir = workdir / "plots" / "ram_4_8x8_2"
     assert os.path.isfile(plot_dir / "sample.png")
     proc = plot(f"--plot_dir={plot_dir}", "--epoch=2")

@@ -1,0 +1,56 @@
+"""Validation accuracy by epoch, read from what main.py printed.
+
+    python main.py | tee train.log
+    python plots/learning_curve.py train.log [more.log ...] --out plots/learning_curve.png
+
+Each log is one curve, labelled with its file name; a log of a resumed run continues the one
+before it when given in order.
+"""
+import argparse
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+EPOCH = re.compile(r"^Epoch: (\d+)/")
+VALID = re.compile(r"val acc: ([\d.]+)")
+
+
+def read(path):
+    epochs, accs, epoch = [], [], None
+    with open(path) as f:
+        for line in f:
+            m = EPOCH.match(line)
+            if m:
+                epoch = int(m.group(1))
+            m = VALID.search(line)
+            if m and epoch is not None:
+                epochs.append(epoch)
+                accs.append(float(m.group(1)))
+    return epochs, accs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("logs", nargs="+")
+    parser.add_argument("--labels", nargs="*", help="one per log (default: the file names)")
+    parser.add_argument("--out", default="plots/learning_curve.png")
+    args = parser.parse_args()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, path in enumerate(args.logs):
+        epochs, accs = read(path)
+        label = args.labels[i] if args.labels and i < len(args.labels) else path
+        ax.plot(epochs, accs, label=f"{label} (best {max(accs):.2f}%)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%), M=10")
+    ax.set_ylim(97, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(args.out, bbox_inches="tight", dpi=100)
+    print(f"[*] Saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
