@@ -93,3 +93,15 @@ def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
                    f"--ckpt_dir={ckpt_dir}").stdout
     correct = int(re.search(r"Test Acc: (\d+)/10000", out).group(1))
     assert correct >= 9830, out
+
+
+def test_shipped_checkpoint_beats_the_seed(real_mnist, tmp_path):
+    """The model in ckpt/ tests straight away and beats the seed's 98.77% (README results)."""
+    from conftest import ROOT
+    ckpt_dir = os.path.join(ROOT, "ckpt")
+    assert os.path.isfile(os.path.join(ckpt_dir, f"{NAME}_model_best.pth.tar"))
+    assert os.path.isfile(os.path.join(ckpt_dir, f"{NAME}_params.json"))
+    out = run_main(tmp_path, "--is_train=False", f"--data_dir={real_mnist}",
+                   f"--ckpt_dir={ckpt_dir}").stdout
+    correct = int(re.search(r"Test Acc: (\d+)/10000", out).group(1))
+    assert correct > 9877, out
