@@ -37,6 +37,7 @@ def main():
     parser.add_argument("logs", nargs="+")
     parser.add_argument("--labels", nargs="*", help="one per log (default: the file names)")
     parser.add_argument("--out", default="plots/learning_curve.png")
+    parser.add_argument("--ymin", type=float, default=97, help="lower end of the y axis")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, path in enumerate(args.logs):
@@ -45,7 +46,7 @@ def main():
         ax.plot(epochs, accs, label=f"{label} (best {max(accs):.2f}%)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%), M=10")
-    ax.set_ylim(97, 100)
+    ax.set_ylim(args.ymin, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.savefig(args.out, bbox_inches="tight", dpi=100)
