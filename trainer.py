@@ -126,12 +126,7 @@ class Trainer:
                 losses = loss_terms(out, y)
                 loss = losses.total
                 if not torch.isfinite(loss):  # before the step: the weights stay good
-                    saved = self.saved_epoch or self.start_epoch
-                    kept = f"epoch {saved} is kept in {self.ckpt_path(False)}" if saved else \
-                        "no checkpoint was written"
-                    raise Diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
-                                   f"{i + 1}; training stopped and {kept}: try a smaller "
-                                   "--init_lr")
+                    raise self.diverged(loss, epoch, i)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -149,6 +144,13 @@ class Trainer:
                     self.log(epoch * len(loader) + i + 1, train_loss=avg_loss,
                              train_acc=avg_acc)
         return loss_sum.item() / seen, 100 * correct.item() / seen
+
+    def diverged(self, loss, epoch, i):
+        saved = self.saved_epoch or self.start_epoch
+        kept = f"epoch {saved} is kept in {self.ckpt_path(False)}" if saved else \
+            "no checkpoint was written"
+        return Diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {i + 1}; "
+                        f"training stopped and {kept}: try a smaller --init_lr")
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
