@@ -48,7 +48,7 @@ def main(config):
     try:
         trainer.train()
     except KeyboardInterrupt:
-        saved = trainer.saved_epoch or trainer.start_epoch
+        saved = trainer.saved_epoch()
         where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume with "
                  "python main.py --resume=True" if saved else "no epoch had been saved yet")
         print(f"\n[!] Interrupted: {where}", file=sys.stderr)

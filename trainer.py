@@ -54,7 +54,6 @@ class Trainer:
             self.optimizer, "min", patience=config.lr_patience)
         # -inf, not the seed's 0: a first epoch at 0% must still leave a best checkpoint
         self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
-        self.saved_epoch = None
         self.writer = None
 
     # ---------------------------------------------------------------- the glimpse loop, once
@@ -146,7 +145,7 @@ class Trainer:
         return loss_sum.item() / seen, 100 * correct.item() / seen
 
     def diverged(self, loss, epoch, i):
-        saved = self.saved_epoch or self.start_epoch
+        saved = self.saved_epoch()
         kept = f"epoch {saved} is kept in {self.ckpt_path(False)}" if saved else \
             "no checkpoint was written"
         return Diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {i + 1}; "
@@ -206,7 +205,15 @@ class Trainer:
         utils.save_torch(state, self.ckpt_path(best=False))
         if is_best:
             utils.save_torch(state, self.ckpt_path(best=True))
-        self.saved_epoch = epoch
+
+    def saved_epoch(self):
+        """The epoch the latest checkpoint on disk holds (None if none): read from the file,
+        not remembered, so that an interrupt in the middle of saving cannot make it wrong."""
+        try:
+            return torch.load(self.ckpt_path(best=False), map_location="cpu",
+                              weights_only=True)["epoch"]
+        except Exception:
+            return None
 
     def load_checkpoint(self, best):
         path = self.ckpt_path(best)
