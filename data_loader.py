@@ -92,7 +92,8 @@ def load_mnist(data_dir, train):
     missing = [n + ".gz" for n in names if _find(raw, n) is None]
     if missing:
         raise UserError(f"MNIST not found: {', '.join(missing)} missing from "
-                        f"{os.path.abspath(raw)} and the download failed (no network?); copy the official MNIST files there")
+                        f"{os.path.abspath(raw)} and the download failed (no network?); "
+                        "copy the official MNIST files there")
     images, labels = (read_idx(_find(raw, n)) for n in names)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise UserError(f"MNIST files in {raw} do not match: {tuple(images.shape)} images, "

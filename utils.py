@@ -7,7 +7,7 @@ import torch
 
 
 class UserError(Exception):
-    """A mistake of the user's (flag, file, checkpoint): main prints it as one line, no traceback."""
+    """A user's mistake (flag, file, checkpoint): main prints it as one line, no traceback."""
 
 
 def model_name(config):
