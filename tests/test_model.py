@@ -31,30 +31,60 @@ def test_rollout_shapes_and_locations():
     torch.testing.assert_close(out.log_probas.exp().sum(1), torch.ones(5))
 
 
+def plain_rollout(model, x, l_0, T, eps):
+    """The paper's equations, one glimpse after another, in one autograd graph."""
+    s, r, std = model.sensor, model.rnn, model.std
+    h, l, log_pi, b, locs = torch.zeros(len(x), 256), l_0, [], [], []
+    for t in range(T):
+        locs.append(l)
+        phi = s.retina.foveate(x, l)
+        g = F.relu(F.linear(F.relu(s.fc1(phi)), s.fc3.weight, s.fc3.bias)
+                   + s.fc4(F.relu(s.fc2(l))))
+        h = F.relu(r.i2h(g) + r.h2h(h))
+        mu = torch.tanh(model.locator.fc(h.detach()))
+        l_raw = (mu + std * eps[t]).detach()
+        log_pi.append(torch.distributions.Normal(mu, std).log_prob(l_raw).sum(1))
+        b.append(model.baseliner.fc(h.detach()).squeeze(1))
+        l = l_raw.clamp(-1, 1)
+    return Rollout(F.log_softmax(model.classifier.fc(h), 1), torch.stack(log_pi, 1),
+                   torch.stack(b, 1), torch.stack(locs, 1))
+
+
 def test_forward_equals_plain_equations():
-    """One glimpse step written out from the paper's equations, with the same noise."""
+    """The batched model gives what the plain loop of the paper's equations gives."""
     torch.manual_seed(1)
     model = RecurrentAttention(g=8, k=1, s=2, std=0.2)
     x, l_0 = torch.randn(3, 1, 28, 28), torch.tensor([[0.1, -0.4], [1.0, 1.0], [-1.0, 0.3]])
     torch.manual_seed(7)
     out = model(x, l_0, 2)
     torch.manual_seed(7)
-    eps = torch.randn(2, 3, 2)
-    s, r = model.sensor, model.rnn
-    h, l, log_pi, b = torch.zeros(3, 256), l_0, [], []
-    for t in range(2):
-        phi = s.retina.foveate(x, l)
-        g = F.relu(F.linear(F.relu(s.fc1(phi)), s.fc3.weight, s.fc3.bias)
-                   + s.fc4(F.relu(s.fc2(l))))
-        h = F.relu(r.i2h(g) + r.h2h(h))
-        mu = torch.tanh(model.locator.fc(h))
-        l_raw = mu + 0.2 * eps[t]
-        log_pi.append(torch.distributions.Normal(mu, 0.2).log_prob(l_raw).sum(1))
-        b.append(model.baseliner.fc(h).squeeze(1))
-        l = l_raw.clamp(-1, 1)
-    torch.testing.assert_close(out.log_probas, F.log_softmax(model.classifier.fc(h), 1))
-    torch.testing.assert_close(out.log_pi, torch.stack(log_pi, 1))
-    torch.testing.assert_close(out.b, torch.stack(b, 1))
+    expected = plain_rollout(model, x, l_0, 2, torch.randn(2, 3, 2))
+    for name, a, b in zip(Rollout._fields, out, expected):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_gradients_equal_plain_backprop(k):
+    """Every parameter's gradient of the hybrid loss equals backprop through the plain loop,
+    and evaluation without autograd gives the same loss."""
+    torch.manual_seed(8)
+    model = RecurrentAttention(g=6, k=k, s=2)
+    x, y, l_0 = torch.randn(7, 1, 28, 28), torch.randint(0, 10, (7,)), torch.rand(7, 2) * 2 - 1
+    torch.manual_seed(9)
+    ours = loss_terms(model(x, l_0, 5), y).total
+    ours.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    torch.manual_seed(9)
+    plain = loss_terms(plain_rollout(model, x, l_0, 5, torch.randn(5, 7, 2)), y).total
+    plain.backward()
+    torch.testing.assert_close(ours, plain)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, msg=n)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        evaluated = model(x, l_0, 5)
+    torch.testing.assert_close(loss_terms(evaluated, y).total, plain.detach())
 
 
 def test_log_prob_is_the_gaussian_density():
