@@ -105,8 +105,9 @@ def main():
         opt.step()
 
     def eval_step(x, y):
-        # the seed validated with autograd on, batch by batch; this project without it
-        with torch.set_grad_enabled(cfg.seed_style):
+        # both without autograd (the seed's final validate() is under torch.no_grad());
+        # the seed's batches are --batch_size images, this project's about 4096 rows
+        with torch.no_grad():
             loss_terms(rollout(x.repeat(cfg.M, 1, 1, 1)), y.repeat(cfg.M)).R.sum().item()
 
     eval_bs = cfg.batch_size if cfg.seed_style else max(cfg.batch_size, 4096 // cfg.M)
