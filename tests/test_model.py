@@ -143,16 +143,24 @@ def test_tiny_batches(B):
 
 
 def test_compiled_model_matches_eager(monkeypatch):
-    """--compile=True runs the same computation (torch.compile fuses it, within float error).
-    Compiled code draws its noise with its own generator; fallback_random makes it eager's."""
+    """--compile=True runs the same computation (torch.compile fuses it, within float error),
+    forward and backward. Compiled code draws its noise with its own generator;
+    fallback_random makes it eager's."""
     import torch._inductor.config
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch.manual_seed(4)
     model = RecurrentAttention()
-    x, l_0 = torch.randn(8, 1, 28, 28), torch.rand(8, 2) * 2 - 1
-    torch.manual_seed(5)
-    eager = model(x, l_0, 3)
-    torch.manual_seed(5)
-    compiled = torch.compile(model)(x, l_0, 3)
+    x, y, l_0 = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.rand(8, 2) * 2 - 1
+    results = []
+    for run in (model, torch.compile(model)):
+        torch.manual_seed(5)
+        out = run(x, l_0, 3)
+        model.zero_grad()
+        loss_terms(out, y).total.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for n in eager_grads:
+        torch.testing.assert_close(compiled_grads[n], eager_grads[n], rtol=1e-4, atol=1e-5,
+                                   msg=n)
