@@ -1,7 +1,10 @@
 """Small helpers: user errors, crash-safe writes, folders, the params json, the sample grid."""
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 
 import torch
 
@@ -15,20 +18,42 @@ def model_name(config):
                                     config.glimpse_scale)
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Holds Ctrl-C and SIGTERM until the block is done, then delivers them. An interrupt
+    raised inside torch.save, between its C++ writer's calls back into Python, is replaced by
+    the writer's own RuntimeError or lost; a save takes milliseconds, so it is let finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals (and may set handlers)
+        return
+    held = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in held[:1]:
+            signal.raise_signal(s)  # the usual handler now raises KeyboardInterrupt
+
+
 def atomic_write(path, write):
     """Calls write(file) on a temporary file beside path, flushes it to disk, then renames it
-    over path: a crash at any moment leaves the old file or the new one, never half of one."""
+    over path: a crash at any moment leaves the old file or the new one, never half of one,
+    and Ctrl-C waits for the write to finish."""
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with signals_held():
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
 
 def save_torch(obj, path):

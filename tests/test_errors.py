@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import utils
 from conftest import ROOT, TINY, run_main
 
 NAME = "ram_6_8x8_2"
@@ -188,7 +189,7 @@ def test_ctrl_c_stops_cleanly(workdir, sig, code):
     time.sleep(0.3)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == code
+    assert proc.returncode == code, out[-1500:] + err[-1500:]
     assert "Traceback" not in err
     last = [l for l in err.replace("\r", "\n").splitlines() if l.strip()][-1]
     assert "safely saved" in last and "--resume=True" in last, err
@@ -212,3 +213,40 @@ def test_kill_9_never_leaves_a_broken_checkpoint(workdir):
         assert set(ckpt["model_state"]) and ckpt["epoch"] >= 1
         epochs.append(ckpt["epoch"])
     assert epochs == sorted(epochs)
+
+
+class SignalsMidWrite:
+    """A file that sends this process `sig` in the middle of the writes it is given."""
+
+    def __init__(self, f, sig):
+        self.f, self.sig, self.calls = f, sig, 0
+
+    def write(self, data):
+        self.calls += 1
+        if self.calls == 3:
+            signal.raise_signal(self.sig)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_inside_torch_save_waits_for_it(tmp_path, sig):
+    """Ctrl-C or SIGTERM inside torch.save (here at its third write): the checkpoint is
+    finished, whole, and the interrupt comes right after as KeyboardInterrupt. Raised inside
+    the save, it surfaced as torch's RuntimeError (a traceback) or was lost."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(sig, interrupt)
+    path = str(tmp_path / "ckpt.pth.tar")
+    state = {"w": torch.arange(100_000.0), "epoch": 3}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            utils.atomic_write(path, lambda f: torch.save(state, SignalsMidWrite(f, sig)))
+    finally:
+        signal.signal(sig, previous)
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 3 and torch.equal(saved["w"], state["w"])
+    assert os.listdir(tmp_path) == ["ckpt.pth.tar"]  # no temporary file left
