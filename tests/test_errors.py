@@ -170,8 +170,11 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, monkeypatch):
 
 def start_training(cwd, *args):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    # Ctrl-C as a terminal delivers it: a test run started in the background (cmd &) inherits
+    # SIGINT ignored, and main.py rightly keeps an ignored SIGINT ignored
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path, proc, timeout=120):
