@@ -202,9 +202,10 @@ class Trainer:
             "rng_state": rng_state(),
             "params": vars(self.config),
         }
-        utils.save_torch(state, self.ckpt_path(best=False))
-        if is_best:
-            utils.save_torch(state, self.ckpt_path(best=True))
+        with utils.signals_held():  # Ctrl-C between the two files would leave the best behind
+            utils.save_torch(state, self.ckpt_path(best=False))
+            if is_best:
+                utils.save_torch(state, self.ckpt_path(best=True))
 
     def saved_epoch(self):
         """The epoch the latest checkpoint on disk holds (None if none): read from the file,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import contextlib
+
 import pytest
 import torch
 
@@ -152,7 +154,6 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, monkeypatch):
     import config
     import data_loader
     from trainer import Diverged, Trainer
-    import utils
     monkeypatch.chdir(workdir)
     cfg = config.get_config(["--epochs=2", "--plot_freq=0", *TINY])
     utils.prepare_dirs(cfg.ckpt_dir)
@@ -218,6 +219,20 @@ def test_kill_9_never_leaves_a_broken_checkpoint(workdir):
     assert epochs == sorted(epochs)
 
 
+@contextlib.contextmanager
+def raising_keyboard_interrupt(sig):
+    """sig raises KeyboardInterrupt here, as main.py makes it (whatever the test runner
+    inherited: run in the background, SIGINT comes ignored)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(sig, previous)
+
+
 class SignalsMidWrite:
     """A file that sends this process `sig` in the middle of the writes it is given."""
 
@@ -239,17 +254,32 @@ def test_interrupt_inside_torch_save_waits_for_it(tmp_path, sig):
     """Ctrl-C or SIGTERM inside torch.save (here at its third write): the checkpoint is
     finished, whole, and the interrupt comes right after as KeyboardInterrupt. Raised inside
     the save, it surfaced as torch's RuntimeError (a traceback) or was lost."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(sig, interrupt)
     path = str(tmp_path / "ckpt.pth.tar")
     state = {"w": torch.arange(100_000.0), "epoch": 3}
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            utils.atomic_write(path, lambda f: torch.save(state, SignalsMidWrite(f, sig)))
-    finally:
-        signal.signal(sig, previous)
+    with raising_keyboard_interrupt(sig), pytest.raises(KeyboardInterrupt):
+        utils.atomic_write(path, lambda f: torch.save(state, SignalsMidWrite(f, sig)))
     saved = torch.load(path, weights_only=True)
     assert saved["epoch"] == 3 and torch.equal(saved["w"], state["w"])
     assert os.listdir(tmp_path) == ["ckpt.pth.tar"]  # no temporary file left
+
+
+def test_interrupt_between_the_two_checkpoint_files_waits_for_both(workdir, monkeypatch):
+    """A new best writes _ckpt, then _model_best: Ctrl-C between them must not leave the best
+    model an epoch behind the checkpoint that says it is the best."""
+    import config
+    from trainer import Trainer
+    monkeypatch.chdir(workdir)
+    cfg = config.get_config(TINY)
+    utils.prepare_dirs(cfg.ckpt_dir)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    save_torch = utils.save_torch
+
+    def save_then_interrupt(obj, path):
+        save_torch(obj, path)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(utils, "save_torch", save_then_interrupt)
+    with raising_keyboard_interrupt(signal.SIGINT), pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(4, is_best=True)
+    for best in (False, True):
+        assert torch.load(trainer.ckpt_path(best), weights_only=True)["epoch"] == 4
