@@ -44,26 +44,67 @@ class RecurrentAttention(nn.Module):
         As in the paper (and the seed), the policy also picks a location after the last
         glimpse; that l_T is never looked at but its log pi and b_T enter the loss.
         """
-        B, T = x.shape[0], num_glimpses
-        retina = self.sensor.retina
-        prepared = retina.prepare(x)  # pad and pool once, not once per glimpse
-        eps = torch.randn(T, B, 2, device=x.device, dtype=x.dtype)
-        h_t = x.new_zeros(B, self.hidden_size)
-        l_t = l_0
-        hs, mus, ls, locs = [], [], [], []
-        for t in range(T):
-            locs.append(l_t)
-            g_t = self.sensor(retina.glimpse(prepared, l_t), l_t)
-            h_t = self.rnn(g_t, h_t)
-            mu, l_raw = self.locator(h_t, eps[t])
-            hs.append(h_t)
-            mus.append(mu)
-            ls.append(l_raw)
-            l_t = l_raw.clamp(-1, 1)
-        # b_t and log pi do not feed the recurrence: one batched call each after the loop
-        log_pi = self.locator.log_prob(torch.stack(mus, 1), torch.stack(ls, 1))
-        b = self.baseliner(torch.stack(hs, 1))
-        return Rollout(self.classifier(h_t), log_pi, b, torch.stack(locs, 1))
+        eps = torch.randn(num_glimpses, x.shape[0], 2, device=x.device, dtype=x.dtype)
+        prepared = self.sensor.retina.prepare(x)  # pad once, not once per glimpse
+        if torch.is_grad_enabled():
+            h, l, locs = GlimpseLoop.apply(self, prepared, l_0, eps, *self.trunk_parameters())
+        else:
+            h, l, locs, _, _ = glimpse_loop(self, prepared, l_0, eps)
+        # mu_t, log pi and b_t do not feed the recurrence: one batched call each
+        log_pi = self.locator.log_prob(self.locator(h), l)
+        return Rollout(self.classifier(h[:, -1]), log_pi, self.baseliner(h), locs)
+
+    def trunk_parameters(self):
+        """What the classifier's loss trains through time: the glimpse and core networks."""
+        return [*self.sensor.parameters(), *self.rnn.parameters()]
+
+
+def glimpse_loop(model, prepared, l_0, eps):
+    """The sequential part of a rollout: for t = 1..T, g_t from the glimpse at l_{t-1}, h_t,
+    and the policy's raw sample l_t. Returns h_t (B, T, hidden), the raw l_t (B, T, 2) and
+    the locations looked at, l_0..l_{T-1} (B, T, 2), then phi and g_t as lists of T."""
+    h_t = l_0.new_zeros(l_0.shape[0], model.hidden_size)
+    l_t = l_0
+    hs, ls, locs, phis, gs = [], [], [], [], []
+    for eps_t in eps:
+        phi = model.sensor.retina.glimpse(prepared, l_t)
+        g_t = model.sensor(phi, l_t)
+        h_t = model.rnn(g_t, h_t)
+        l_raw = model.locator.sample(model.locator(h_t), eps_t)
+        for seq, v in ((hs, h_t), (ls, l_raw), (locs, l_t), (phis, phi), (gs, g_t)):
+            seq.append(v)
+        l_t = l_raw.clamp(-1, 1)
+    return torch.stack(hs, 1), torch.stack(ls, 1), torch.stack(locs, 1), phis, gs
+
+
+class GlimpseLoop(torch.autograd.Function):
+    """The glimpse and core networks over t = 1..T, with backpropagation through time written
+    out: the gradients autograd would give, at a fraction of its cost.
+
+    Autograd would record some 40 small ops per glimpse and form each weight gradient once per
+    glimpse from B rows. Here the loop runs without autograd, and backward takes each
+    network's own derivative (CoreNetwork.backward_through_time, GlimpseNetwork.weight_grads),
+    which steps back through time only along the recurrence and forms every weight gradient
+    in one matmul over all B*T rows. No gradient flows through the locations: they are
+    actions, trained by REINFORCE, as in the paper. The trunk parameters are passed in only
+    so that autograd delivers their gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, model, prepared, l_0, eps, *trunk_parameters):
+        h, l, locs, phi, g = glimpse_loop(model, prepared, l_0, eps)
+        ctx.model = model
+        ctx.save_for_backward(h, locs, torch.stack(phi, 1), torch.stack(g, 1))
+        ctx.mark_non_differentiable(l, locs)
+        return h, l, locs
+
+    @staticmethod
+    def backward(ctx, dh, _, __):
+        h, locs, phi, g = ctx.saved_tensors
+        core_grads, dg = ctx.model.rnn.backward_through_time(dh, h, g)
+        rows = (v.flatten(0, 1) for v in (phi, locs, g))  # (B*T, ...): time no longer matters
+        glimpse_grads = ctx.model.sensor.weight_grads(dg, *rows)
+        return (None, None, None, None, *glimpse_grads, *core_grads)
 
 
 class Losses(NamedTuple):

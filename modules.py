@@ -4,10 +4,20 @@ Shapes: B batch, C channels, g patch side, k patches per glimpse, T glimpses.
 Locations l are (x, y) = (column, row) in [-1, 1]^2, (0, 0) the image centre.
 """
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class Padded(NamedTuple):
+    """Images made ready for every glimpse of a rollout (Retina.prepare)."""
+    flat: torch.Tensor  # (B, C, Hp * Wp): zero-padded, rows flattened
+    size: torch.Tensor  # (2,) float: (W, H), in the order of l's (x, y)
+    limit: torch.Tensor  # (2,) long: (W, H)
+    stride: torch.Tensor  # (2,) long: (1, Wp), a pixel's step in flat along x and y
+    offsets: list  # per scale, (n * n,) long: the patch's pixels around its centre in flat
 
 
 class Retina:
@@ -29,10 +39,13 @@ class Retina:
         self._offsets = {}  # (W, device) -> flat offsets of each scale's pixels
 
     def prepare(self, x):
-        """Pads x (B, C, H, W) once; the result serves every glimpse of x."""
+        """Pads x (B, C, H, W) once: the Padded result serves every glimpse of x."""
         B, C, H, W = x.shape
         lo, hi = self.pad
-        return F.pad(x, (lo, hi, lo, hi)).flatten(2), H, W
+        limit = torch.tensor([W, H], device=x.device)
+        return Padded(F.pad(x, (lo, hi, lo, hi)).flatten(2), limit.to(x.dtype), limit,
+                      torch.tensor([1, W + lo + hi], device=x.device),
+                      self._patch_offsets(W, x.device))
 
     def _patch_offsets(self, W, device):
         """For each scale, the flat offset of each patch pixel in the padded image when the
@@ -46,22 +59,23 @@ class Retina:
                 self._offsets[key].append((r[:, None] * Wp + r[None, :]).flatten().to(device))
         return self._offsets[key]
 
-    def centre(self, l, H, W):
-        """Pixel centre (column, row) of location l, with the seed's arithmetic (size * ...)."""
-        x = (0.5 * ((l[:, 0] + 1.0) * W)).long()
-        y = (0.5 * ((l[:, 1] + 1.0) * H)).long()
+    @staticmethod
+    def centre(l, size, limit):
+        """Pixel centre (column, row) of locations l (B, 2) in an image of (W, H) = size (float)
+        = limit (long), with the seed's arithmetic: floor(0.5 * ((l + 1) * size))."""
+        c = (0.5 * ((l + 1.0) * size)).long()
         # a no-op for l in [-1, 1]; a NaN l (a diverged policy) must not index out of bounds
         # before the loss can report it
-        return x.clamp(0, W), y.clamp(0, H)
+        return torch.minimum(c.clamp_(min=0), limit)
 
     def glimpse(self, prepared, l):
-        """phi (B, k*C*g*g) at l (B, 2) from the output of prepare()."""
-        flat, H, W = prepared
+        """phi (B, k*C*g*g) at l (B, 2) from prepare()'s Padded images."""
+        flat = prepared.flat
         B, C, _ = flat.shape
-        cx, cy = self.centre(l, H, W)
-        start = (cy * (W + sum(self.pad)) + cx).unsqueeze(1)  # (B, 1)
+        c = self.centre(l, prepared.size, prepared.limit)
+        start = (c * prepared.stride).sum(1, keepdim=True)  # (B, 1), in flat
         phi = []
-        for n, base in zip(self.sizes, self._patch_offsets(W, flat.device)):
+        for n, base in zip(self.sizes, prepared.offsets):
             idx = (base + start).unsqueeze(1).expand(B, C, n * n)
             patch = flat.gather(2, idx)
             if n > self.g:
@@ -91,6 +105,17 @@ class GlimpseNetwork(nn.Module):
         where = self.fc4(F.relu(self.fc2(l_prev)))
         return F.relu(what + where)
 
+    def weight_grads(self, dg, phi, l_prev, g):
+        """forward's derivative (change both together): from dL/dg_t (N, h_g + h_l) for N rows
+        of forward's phi, l_{t-1} and g_t, the gradients of fc1..fc4 in parameters() order.
+        phi and l are not differentiated: they come from the policy's actions."""
+        what, where = F.relu(self.fc1(phi)), F.relu(self.fc2(l_prev))  # recomputed, not kept
+        dz = dg * (g > 0)
+        d_what = (dz @ self.fc3.weight) * (what > 0)
+        d_where = (dz @ self.fc4.weight) * (where > 0)
+        return [*linear_grads(d_what, phi), *linear_grads(d_where, l_prev),
+                *linear_grads(dz, what), *linear_grads(dz, where)]
+
 
 class CoreNetwork(nn.Module):
     """Eq. core network: h_t = relu(i2h(g_t) + h2h(h_{t-1}))."""
@@ -103,13 +128,32 @@ class CoreNetwork(nn.Module):
     def forward(self, g_t, h_prev):
         return F.relu(self.i2h(g_t) + self.h2h(h_prev))
 
+    def backward_through_time(self, dh, h, g):
+        """forward's derivative over a whole rollout from h_0 = 0 (change both together).
+
+        From dL/dh_t (B, T, hidden) and forward's h_t and g_t (B, T, ...): the gradients of
+        i2h and h2h in parameters() order, and dL/dg_t (B*T, input). Only the recurrence
+        dL/dz_t = (dL/dh_t + h2h^T dL/dz_{t+1}) * [h_t > 0] goes step by step; each weight
+        gradient is then one matmul over all B*T rows.
+        """
+        active = (h > 0).to(h.dtype)
+        dz = torch.empty_like(h)
+        carry = torch.zeros_like(h[:, 0])
+        for t in reversed(range(h.shape[1])):
+            dz[:, t] = (dh[:, t] + carry) * active[:, t]
+            if t:  # h_0 is a constant
+                carry = dz[:, t] @ self.h2h.weight
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
+        dz, h_prev, g = (v.flatten(0, 1) for v in (dz, h_prev, g))
+        return [*linear_grads(dz, g), *linear_grads(dz, h_prev)], dz @ self.i2h.weight
+
 
 class LocationNetwork(nn.Module):
     """Eq. location policy: l_t ~ N(mu_t, std^2 I), mu_t = tanh(fc(h_t)).
 
-    It reads h_t detached, so only REINFORCE trains it. forward returns mu_t and the raw
-    sample; log_prob gives log pi(l_t) of that raw sample, as in the seed, and the glimpse
-    uses the sample clamped to [-1, 1].
+    It reads h_t detached, so only REINFORCE trains it. forward gives mu_t; sample draws the
+    raw l_t (never differentiated: it is the policy's action), whose log pi(l_t) enters the
+    loss as in the seed, while the glimpse uses it clamped to [-1, 1].
     """
 
     def __init__(self, input_size, output_size, std):
@@ -117,10 +161,12 @@ class LocationNetwork(nn.Module):
         self.std = std
         self.fc = nn.Linear(input_size, output_size)
 
-    def forward(self, h_t, eps):
-        mu = torch.tanh(self.fc(h_t.detach()))
-        l_t = (mu + self.std * eps).detach()  # the policy's action: no path back through it
-        return mu, l_t
+    def forward(self, h_t):
+        return torch.tanh(self.fc(h_t.detach()))
+
+    def sample(self, mu, eps):
+        """l_t = mu_t + std * eps, eps ~ N(0, I) given."""
+        return (mu + self.std * eps).detach()
 
     def log_prob(self, mu, l_t):
         """log N(l_t; mu, std^2 I), summed over x and y: (..., 2) -> (...)."""
@@ -148,3 +194,8 @@ class BaselineNetwork(nn.Module):
 
     def forward(self, h_t):
         return self.fc(h_t.detach()).squeeze(-1)  # squeeze(-1), not squeeze(): B may be 1
+
+
+def linear_grads(dy, x):
+    """dL/dW and dL/db of y = x W^T + b, summed over the rows of x (N, in) and dy (N, out)."""
+    return dy.t() @ x, dy.sum(0)

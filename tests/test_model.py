@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import RecurrentAttention, Rollout, loss_terms
+from model import GlimpseLoop, RecurrentAttention, Rollout, loss_terms
 from modules import LocationNetwork
 
 SEED_KEYS = [f"{m}.{p}" for m in ("sensor.fc1", "sensor.fc2", "sensor.fc3", "sensor.fc4",
@@ -34,7 +34,7 @@ def test_rollout_shapes_and_locations():
 def plain_rollout(model, x, l_0, T, eps):
     """The paper's equations, one glimpse after another, in one autograd graph."""
     s, r, std = model.sensor, model.rnn, model.std
-    h, l, log_pi, b, locs = torch.zeros(len(x), 256), l_0, [], [], []
+    h, l, log_pi, b, locs = x.new_zeros(len(x), 256), l_0, [], [], []
     for t in range(T):
         locs.append(l)
         phi = s.retina.foveate(x, l)
@@ -85,6 +85,35 @@ def test_gradients_equal_plain_backprop(k):
     with torch.no_grad():
         evaluated = model(x, l_0, 5)
     torch.testing.assert_close(loss_terms(evaluated, y).total, plain.detach())
+
+
+@pytest.mark.parametrize("T", [1, 2, 6])
+def test_bptt_equals_autograd_in_float64(T):
+    """GlimpseLoop's hand-written backward against autograd through the plain loop, in
+    float64 so that any mistake shows above rounding, for a loss on every h_t (the hybrid loss
+    reads only h_T) and for T = 1, where nothing recurs."""
+    torch.manual_seed(10)
+    model = RecurrentAttention(g=6, k=2, s=2).double()
+    x, l_0 = torch.randn(5, 1, 28, 28, dtype=torch.float64), torch.rand(5, 2).double() * 2 - 1
+    eps = torch.randn(T, 5, 2, dtype=torch.float64)
+    c = torch.randn(5, T, 256, dtype=torch.float64)  # dL/dh_t for every t
+    h, _, locs = GlimpseLoop.apply(model, model.sensor.retina.prepare(x), l_0, eps,
+                                   *model.trunk_parameters())
+    got = torch.autograd.grad((h * c).sum(), model.trunk_parameters())
+    s, r = model.sensor, model.rnn
+    h_t, l_t, plain = x.new_zeros(5, 256), l_0, []
+    for t in range(T):
+        g_t = F.relu(s.fc3(F.relu(s.fc1(s.retina.foveate(x, l_t)))) + s.fc4(F.relu(s.fc2(l_t))))
+        h_t = F.relu(r.i2h(g_t) + r.h2h(h_t))
+        plain.append(h_t)
+        l_t = (torch.tanh(model.locator.fc(h_t)) + model.std * eps[t]).detach().clamp(-1, 1)
+    plain = torch.stack(plain, 1)
+    expected = torch.autograd.grad((plain * c).sum(), model.trunk_parameters())
+    torch.testing.assert_close(h, plain, rtol=1e-12, atol=1e-12)
+    names = [n for n, p in model.named_parameters() if n.startswith(("sensor.", "rnn."))]
+    assert len(names) == len(got) == 12
+    for n, a, b in zip(names, got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=n)
 
 
 def test_log_prob_is_the_gaussian_density():
