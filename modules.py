@@ -101,9 +101,9 @@ class GlimpseNetwork(nn.Module):
         self.fc4 = nn.Linear(h_l, h_g + h_l)
 
     def forward(self, phi, l_prev):
-        what = self.fc3(F.relu(self.fc1(phi)))
-        where = self.fc4(F.relu(self.fc2(l_prev)))
-        return F.relu(what + where)
+        what = F.relu(self.fc1(phi))
+        where = F.relu(self.fc2(l_prev))
+        return F.relu(self.fc3(what) + self.fc4(where))
 
     def weight_grads(self, dg, phi, l_prev, g):
         """forward's derivative (change both together): from dL/dg_t (N, h_g + h_l) for N rows
