@@ -47,11 +47,12 @@ class RecurrentAttention(nn.Module):
         eps = torch.randn(num_glimpses, x.shape[0], 2, device=x.device, dtype=x.dtype)
         prepared = self.sensor.retina.prepare(x)  # pad once, not once per glimpse
         if torch.is_grad_enabled():
-            h, l, locs = GlimpseLoop.apply(self, prepared, l_0, eps, *self.trunk_parameters())
+            h, l_raw, locs = GlimpseLoop.apply(self, prepared, l_0, eps,
+                                               *self.trunk_parameters())
         else:
-            h, l, locs, _, _ = glimpse_loop(self, prepared, l_0, eps)
+            h, l_raw, locs, _, _ = glimpse_loop(self, prepared, l_0, eps)
         # mu_t, log pi and b_t do not feed the recurrence: one batched call each
-        log_pi = self.locator.log_prob(self.locator(h), l)
+        log_pi = self.locator.log_prob(self.locator(h), l_raw)
         return Rollout(self.classifier(h[:, -1]), log_pi, self.baseliner(h), locs)
 
     def trunk_parameters(self):
@@ -92,11 +93,11 @@ class GlimpseLoop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, model, prepared, l_0, eps, *trunk_parameters):
-        h, l, locs, phi, g = glimpse_loop(model, prepared, l_0, eps)
+        h, l_raw, locs, phi, g = glimpse_loop(model, prepared, l_0, eps)
         ctx.model = model
         ctx.save_for_backward(h, locs, torch.stack(phi, 1), torch.stack(g, 1))
-        ctx.mark_non_differentiable(l, locs)
-        return h, l, locs
+        ctx.mark_non_differentiable(l_raw, locs)
+        return h, l_raw, locs
 
     @staticmethod
     def backward(ctx, dh, _, __):

@@ -32,22 +32,22 @@ def test_rollout_shapes_and_locations():
 
 
 def plain_rollout(model, x, l_0, T, eps):
-    """The paper's equations, one glimpse after another, in one autograd graph."""
+    """The paper's equations, one glimpse after another, in one autograd graph: the Rollout
+    and h_1..h_T (B, T, hidden)."""
     s, r, std = model.sensor, model.rnn, model.std
-    h, l, log_pi, b, locs = x.new_zeros(len(x), 256), l_0, [], [], []
+    h, l, hs, log_pi, b, locs = x.new_zeros(len(x), 256), l_0, [], [], [], []
     for t in range(T):
         locs.append(l)
-        phi = s.retina.foveate(x, l)
-        g = F.relu(F.linear(F.relu(s.fc1(phi)), s.fc3.weight, s.fc3.bias)
-                   + s.fc4(F.relu(s.fc2(l))))
+        g = F.relu(s.fc3(F.relu(s.fc1(s.retina.foveate(x, l)))) + s.fc4(F.relu(s.fc2(l))))
         h = F.relu(r.i2h(g) + r.h2h(h))
         mu = torch.tanh(model.locator.fc(h.detach()))
         l_raw = (mu + std * eps[t]).detach()
+        hs.append(h)
         log_pi.append(torch.distributions.Normal(mu, std).log_prob(l_raw).sum(1))
         b.append(model.baseliner.fc(h.detach()).squeeze(1))
         l = l_raw.clamp(-1, 1)
     return Rollout(F.log_softmax(model.classifier.fc(h), 1), torch.stack(log_pi, 1),
-                   torch.stack(b, 1), torch.stack(locs, 1))
+                   torch.stack(b, 1), torch.stack(locs, 1)), torch.stack(hs, 1)
 
 
 def test_forward_equals_plain_equations():
@@ -58,7 +58,7 @@ def test_forward_equals_plain_equations():
     torch.manual_seed(7)
     out = model(x, l_0, 2)
     torch.manual_seed(7)
-    expected = plain_rollout(model, x, l_0, 2, torch.randn(2, 3, 2))
+    expected, _ = plain_rollout(model, x, l_0, 2, torch.randn(2, 3, 2))
     for name, a, b in zip(Rollout._fields, out, expected):
         torch.testing.assert_close(a, b, msg=name)
 
@@ -76,7 +76,7 @@ def test_gradients_equal_plain_backprop(k):
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     torch.manual_seed(9)
-    plain = loss_terms(plain_rollout(model, x, l_0, 5, torch.randn(5, 7, 2)), y).total
+    plain = loss_terms(plain_rollout(model, x, l_0, 5, torch.randn(5, 7, 2))[0], y).total
     plain.backward()
     torch.testing.assert_close(ours, plain)
     for n, p in model.named_parameters():
@@ -97,17 +97,10 @@ def test_bptt_equals_autograd_in_float64(T):
     x, l_0 = torch.randn(5, 1, 28, 28, dtype=torch.float64), torch.rand(5, 2).double() * 2 - 1
     eps = torch.randn(T, 5, 2, dtype=torch.float64)
     c = torch.randn(5, T, 256, dtype=torch.float64)  # dL/dh_t for every t
-    h, _, locs = GlimpseLoop.apply(model, model.sensor.retina.prepare(x), l_0, eps,
-                                   *model.trunk_parameters())
+    h, _, _ = GlimpseLoop.apply(model, model.sensor.retina.prepare(x), l_0, eps,
+                                *model.trunk_parameters())
     got = torch.autograd.grad((h * c).sum(), model.trunk_parameters())
-    s, r = model.sensor, model.rnn
-    h_t, l_t, plain = x.new_zeros(5, 256), l_0, []
-    for t in range(T):
-        g_t = F.relu(s.fc3(F.relu(s.fc1(s.retina.foveate(x, l_t)))) + s.fc4(F.relu(s.fc2(l_t))))
-        h_t = F.relu(r.i2h(g_t) + r.h2h(h_t))
-        plain.append(h_t)
-        l_t = (torch.tanh(model.locator.fc(h_t)) + model.std * eps[t]).detach().clamp(-1, 1)
-    plain = torch.stack(plain, 1)
+    _, plain = plain_rollout(model, x, l_0, T, eps)
     expected = torch.autograd.grad((plain * c).sum(), model.trunk_parameters())
     torch.testing.assert_close(h, plain, rtol=1e-12, atol=1e-12)
     names = [n for n, p in model.named_parameters() if n.startswith(("sensor.", "rnn."))]
