@@ -64,8 +64,7 @@ def glimpse_loop(model, prepared, l_0, eps):
     """The sequential part of a rollout: for t = 1..T, g_t from the glimpse at l_{t-1}, h_t,
     and the policy's raw sample l_t. Returns h_t (B, T, hidden), the raw l_t (B, T, 2) and
     the locations looked at, l_0..l_{T-1} (B, T, 2), then phi and g_t as lists of T."""
-    h_t = l_0.new_zeros(l_0.shape[0], model.hidden_size)
-    l_t = l_0
+    h_t, l_t = None, l_0  # None: h_0 = 0 (CoreNetwork)
     hs, ls, locs, phis, gs = [], [], [], [], []
     for eps_t in eps:
         phi = model.sensor.retina.glimpse(prepared, l_t)

@@ -113,20 +113,23 @@ class GlimpseNetwork(nn.Module):
         dz = dg * (g > 0)
         d_what = (dz @ self.fc3.weight) * (what > 0)
         d_where = (dz @ self.fc4.weight) * (where > 0)
+        db = dz.sum(0)  # fc3's and fc4's biases add to the same sum
         return [*linear_grads(d_what, phi), *linear_grads(d_where, l_prev),
-                *linear_grads(dz, what), *linear_grads(dz, where)]
+                dz.t() @ what, db, dz.t() @ where, db]
 
 
 class CoreNetwork(nn.Module):
-    """Eq. core network: h_t = relu(i2h(g_t) + h2h(h_{t-1}))."""
+    """Eq. core network: h_t = relu(i2h(g_t) + h2h(h_{t-1})), h_0 = 0."""
 
     def __init__(self, input_size, hidden_size):
         super().__init__()
         self.i2h = nn.Linear(input_size, hidden_size)
         self.h2h = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, g_t, h_prev):
-        return F.relu(self.i2h(g_t) + self.h2h(h_prev))
+    def forward(self, g_t, h_prev=None):
+        # h_prev=None is h_0 = 0, whose h2h is its bias alone: the same floats, one product less
+        z = self.h2h.bias if h_prev is None else self.h2h(h_prev)
+        return F.relu(self.i2h(g_t) + z)
 
     def backward_through_time(self, dh, h, g):
         """forward's derivative over a whole rollout from h_0 = 0 (change both together).
@@ -138,14 +141,16 @@ class CoreNetwork(nn.Module):
         """
         active = (h > 0).to(h.dtype)
         dz = torch.empty_like(h)
-        carry = torch.zeros_like(h[:, 0])
+        dh_t = dh[:, -1]  # dL/dh_T: nothing comes back from after the last step
         for t in reversed(range(h.shape[1])):
-            dz[:, t] = (dh[:, t] + carry) * active[:, t]
-            if t:  # h_0 is a constant
-                carry = dz[:, t] @ self.h2h.weight
-        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
-        dz, h_prev, g = (v.flatten(0, 1) for v in (dz, h_prev, g))
-        return [*linear_grads(dz, g), *linear_grads(dz, h_prev)], dz @ self.i2h.weight
+            dz[:, t] = dh_t * active[:, t]
+            if t:
+                dh_t = torch.addmm(dh[:, t - 1], dz[:, t], self.h2h.weight)
+        # h2h saw h_1..h_{T-1} at steps 2..T (h_0 = 0 adds nothing to its weight's gradient)
+        dW_h2h = dz[:, 1:].flatten(0, 1).t() @ h[:, :-1].flatten(0, 1)
+        dz, g = dz.flatten(0, 1), g.flatten(0, 1)
+        db = dz.sum(0)  # both biases add to the same z_t
+        return [dz.t() @ g, db, dW_h2h, db], dz @ self.i2h.weight
 
 
 class LocationNetwork(nn.Module):
