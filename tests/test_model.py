@@ -63,6 +63,15 @@ def test_forward_equals_plain_equations():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_core_network_h0_is_zero():
+    """h_prev=None skips h2h's product on h_0 = 0 and gives exactly the same floats."""
+    torch.manual_seed(2)
+    rnn = RecurrentAttention().rnn
+    g = torch.randn(5, 256)
+    assert torch.equal(rnn(g), rnn(g, torch.zeros(5, 256)))
+    assert torch.equal(rnn(g), F.relu(rnn.i2h(g) + rnn.h2h(torch.zeros(5, 256))))
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_gradients_equal_plain_backprop(k):
     """Every parameter's gradient of the hybrid loss equals backprop through the plain loop,
