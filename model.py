@@ -64,13 +64,15 @@ def glimpse_loop(model, prepared, l_0, eps):
     """The sequential part of a rollout: for t = 1..T, g_t from the glimpse at l_{t-1}, h_t,
     and the policy's raw sample l_t. Returns h_t (B, T, hidden), the raw l_t (B, T, 2) and
     the locations looked at, l_0..l_{T-1} (B, T, 2), then phi and g_t as lists of T."""
+    retina = model.sensor.retina
+    glimpse_net, core, policy = (m.per_step() for m in (model.sensor, model.rnn, model.locator))
     h_t, l_t = None, l_0  # None: h_0 = 0 (CoreNetwork)
     hs, ls, locs, phis, gs = [], [], [], [], []
     for eps_t in eps:
-        phi = model.sensor.retina.glimpse(prepared, l_t)
-        g_t = model.sensor(phi, l_t)
-        h_t = model.rnn(g_t, h_t)
-        l_raw = model.locator.sample(model.locator(h_t), eps_t)
+        phi = retina.glimpse(prepared, l_t)
+        g_t = glimpse_net(phi, l_t)
+        h_t = core(g_t, h_t)
+        l_raw = policy(h_t, eps_t)
         for seq, v in ((hs, h_t), (ls, l_raw), (locs, l_t), (phis, phi), (gs, g_t)):
             seq.append(v)
         l_t = l_raw.clamp(-1, 1)

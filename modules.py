@@ -101,9 +101,20 @@ class GlimpseNetwork(nn.Module):
         self.fc4 = nn.Linear(h_l, h_g + h_l)
 
     def forward(self, phi, l_prev):
-        what = F.relu(self.fc1(phi))
-        where = F.relu(self.fc2(l_prev))
-        return F.relu(self.fc3(what) + self.fc4(where))
+        return self.per_step()(phi, l_prev)
+
+    def per_step(self):
+        """forward as a function g_t(phi, l_prev) for the T steps of a rollout, the weights laid
+        out once: transposed for addmm and fc3's and fc4's biases summed. At batch 32 the
+        dispatch of nn.Linear's calls costs about as much as their arithmetic."""
+        W1, b1, W2, b2 = self.fc1.weight.t(), self.fc1.bias, self.fc2.weight.t(), self.fc2.bias
+        W3, W4, b34 = self.fc3.weight.t(), self.fc4.weight.t(), self.fc3.bias + self.fc4.bias
+
+        def g_t(phi, l_prev):
+            what = torch.addmm(b1, phi, W1).relu_()
+            where = torch.addmm(b2, l_prev, W2).relu_()
+            return torch.addmm(b34, what, W3).addmm_(where, W4).relu_()
+        return g_t
 
     def weight_grads(self, dg, phi, l_prev, g):
         """forward's derivative (change both together): from dL/dg_t (N, h_g + h_l) for N rows
@@ -127,9 +138,18 @@ class CoreNetwork(nn.Module):
         self.h2h = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, g_t, h_prev=None):
-        # h_prev=None is h_0 = 0, whose h2h is its bias alone: the same floats, one product less
-        z = self.h2h.bias if h_prev is None else self.h2h(h_prev)
-        return F.relu(self.i2h(g_t) + z)
+        return self.per_step()(g_t, h_prev)
+
+    def per_step(self):
+        """forward as a function h_t(g_t, h_prev) for the T steps of a rollout, the weights laid
+        out once (as GlimpseNetwork.per_step). h_prev=None is h_0 = 0: h2h's product is skipped,
+        which adds exact zeros."""
+        W_i, W_h, b = self.i2h.weight.t(), self.h2h.weight.t(), self.i2h.bias + self.h2h.bias
+
+        def h_t(g_t, h_prev=None):
+            z = torch.addmm(b, g_t, W_i)
+            return (z if h_prev is None else z.addmm_(h_prev, W_h)).relu_()
+        return h_t
 
     def backward_through_time(self, dh, h, g):
         """forward's derivative over a whole rollout from h_0 = 0 (change both together).
@@ -156,9 +176,10 @@ class CoreNetwork(nn.Module):
 class LocationNetwork(nn.Module):
     """Eq. location policy: l_t ~ N(mu_t, std^2 I), mu_t = tanh(fc(h_t)).
 
-    It reads h_t detached, so only REINFORCE trains it. forward gives mu_t; sample draws the
-    raw l_t (never differentiated: it is the policy's action), whose log pi(l_t) enters the
-    loss as in the seed, while the glimpse uses it clamped to [-1, 1].
+    It reads h_t detached, so only REINFORCE trains it. forward gives mu_t; per_step draws the
+    raw l_t in the glimpse loop, which runs without autograd (l_t is the policy's action, never
+    differentiated); its log pi(l_t) enters the loss as in the seed, while the glimpse uses it
+    clamped to [-1, 1].
     """
 
     def __init__(self, input_size, output_size, std):
@@ -169,9 +190,14 @@ class LocationNetwork(nn.Module):
     def forward(self, h_t):
         return torch.tanh(self.fc(h_t.detach()))
 
-    def sample(self, mu, eps):
-        """l_t = mu_t + std * eps, eps ~ N(0, I) given."""
-        return (mu + self.std * eps).detach()
+    def per_step(self):
+        """The raw sample as a function l_t(h_t, eps) = mu_t + std * eps, eps ~ N(0, I) given,
+        for the T steps of a rollout, the weights laid out once (as GlimpseNetwork.per_step)."""
+        W, b, std = self.fc.weight.t(), self.fc.bias, self.std
+
+        def l_t(h_t, eps):
+            return torch.addmm(b, h_t, W).tanh_().add_(eps, alpha=std)
+        return l_t
 
     def log_prob(self, mu, l_t):
         """log N(l_t; mu, std^2 I), summed over x and y: (..., 2) -> (...)."""

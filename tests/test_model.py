@@ -64,12 +64,28 @@ def test_forward_equals_plain_equations():
 
 
 def test_core_network_h0_is_zero():
-    """h_prev=None skips h2h's product on h_0 = 0 and gives exactly the floats of the plain
-    equation on zeros."""
+    """h_prev=None skips h2h's product on h_0 = 0: exactly the floats of h_0 = zeros, which
+    are the plain equation's."""
     torch.manual_seed(2)
     rnn = RecurrentAttention().rnn
-    g = torch.randn(5, 256)
-    assert torch.equal(rnn(g), F.relu(rnn.i2h(g) + rnn.h2h(torch.zeros(5, 256))))
+    g, h_0 = torch.randn(5, 256), torch.zeros(5, 256)
+    assert torch.equal(rnn(g), rnn(g, h_0))
+    torch.testing.assert_close(rnn(g), F.relu(rnn.i2h(g) + rnn.h2h(h_0)))
+
+
+def test_networks_per_step_equal_plain_equations():
+    """The glimpse loop's per-step functions (weights transposed, biases summed) compute the
+    paper's equations."""
+    torch.manual_seed(11)
+    model = RecurrentAttention()
+    s, r = model.sensor, model.rnn
+    phi, l = torch.randn(4, 64), torch.rand(4, 2) * 2 - 1
+    h, eps = torch.rand(4, 256), torch.randn(4, 2)
+    torch.testing.assert_close(s.per_step()(phi, l),
+                               F.relu(s.fc3(F.relu(s.fc1(phi))) + s.fc4(F.relu(s.fc2(l)))))
+    torch.testing.assert_close(r.per_step()(s(phi, l), h), F.relu(r.i2h(s(phi, l)) + r.h2h(h)))
+    torch.testing.assert_close(model.locator.per_step()(h, eps),
+                               torch.tanh(model.locator.fc(h)) + model.std * eps)
 
 
 @pytest.mark.parametrize("k", [1, 3])
