@@ -121,9 +121,9 @@ class GlimpseNetwork(nn.Module):
         of forward's phi, l_{t-1} and g_t, the gradients of fc1..fc4 in parameters() order.
         phi and l are not differentiated: they come from the policy's actions."""
         what, where = F.relu(self.fc1(phi)), F.relu(self.fc2(l_prev))  # recomputed, not kept
-        dz = dg * (g > 0)
-        d_what = (dz @ self.fc3.weight) * (what > 0)
-        d_where = (dz @ self.fc4.weight) * (where > 0)
+        dz = relu_grad(dg, g)
+        d_what = relu_grad(dz @ self.fc3.weight, what)
+        d_where = relu_grad(dz @ self.fc4.weight, where)
         db = dz.sum(0)  # fc3's and fc4's biases add to the same sum
         return [*linear_grads(d_what, phi), *linear_grads(d_where, l_prev),
                 dz.t() @ what, db, dz.t() @ where, db]
@@ -159,11 +159,10 @@ class CoreNetwork(nn.Module):
         dL/dz_t = (dL/dh_t + h2h^T dL/dz_{t+1}) * [h_t > 0] goes step by step; each weight
         gradient is then one matmul over all B*T rows.
         """
-        active = (h > 0).to(h.dtype)
         dz = torch.empty_like(h)
         dh_t = dh[:, -1]  # dL/dh_T: nothing comes back from after the last step
         for t in reversed(range(h.shape[1])):
-            dz[:, t] = dh_t * active[:, t]
+            dz[:, t] = relu_grad(dh_t, h[:, t])
             if t:
                 dh_t = torch.addmm(dh[:, t - 1], dz[:, t], self.h2h.weight)
         # h2h saw h_1..h_{T-1} at steps 2..T (h_0 = 0 adds nothing to its weight's gradient)
@@ -225,6 +224,12 @@ class BaselineNetwork(nn.Module):
 
     def forward(self, h_t):
         return self.fc(h_t.detach()).squeeze(-1)  # squeeze(-1), not squeeze(): B may be 1
+
+
+def relu_grad(dy, y):
+    """dL/dz of y = relu(z) from dL/dy: autograd's own kernel for relu's derivative, which on
+    CPU is several times faster than dy * (y > 0) (a float compare makes a slow bool mask)."""
+    return torch.ops.aten.threshold_backward(dy, y, 0)
 
 
 def linear_grads(dy, x):
