@@ -195,7 +195,8 @@ class LocationNetwork(nn.Module):
         W, b, std = self.fc.weight.t(), self.fc.bias, self.std
 
         def l_t(h_t, eps):
-            return torch.addmm(b, h_t, W).tanh_().add_(eps, alpha=std)
+            # the policy's action: never differentiated, even when autograd is on
+            return torch.addmm(b, h_t, W).tanh_().add_(eps, alpha=std).detach()
         return l_t
 
     def log_prob(self, mu, l_t):

@@ -64,8 +64,8 @@ def test_forward_equals_plain_equations():
 
 
 def test_core_network_h0_is_zero():
-    """h_prev=None skips h2h's product on h_0 = 0: exactly the floats of h_0 = zeros, which
-    are the plain equation's."""
+    """h_prev=None skips h2h's product on h_0 = 0: exactly the floats of h_0 = zeros (the
+    plain equation's up to the order of the bias additions)."""
     torch.manual_seed(2)
     rnn = RecurrentAttention().rnn
     g, h_0 = torch.randn(5, 256), torch.zeros(5, 256)
@@ -84,8 +84,9 @@ def test_networks_per_step_equal_plain_equations():
     torch.testing.assert_close(s.per_step()(phi, l),
                                F.relu(s.fc3(F.relu(s.fc1(phi))) + s.fc4(F.relu(s.fc2(l)))))
     torch.testing.assert_close(r.per_step()(s(phi, l), h), F.relu(r.i2h(s(phi, l)) + r.h2h(h)))
-    torch.testing.assert_close(model.locator.per_step()(h, eps),
-                               torch.tanh(model.locator.fc(h)) + model.std * eps)
+    l_t = model.locator.per_step()(h, eps)
+    torch.testing.assert_close(l_t, torch.tanh(model.locator.fc(h)) + model.std * eps)
+    assert not l_t.requires_grad  # the policy's action, even with autograd on
 
 
 @pytest.mark.parametrize("k", [1, 3])
