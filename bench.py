@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import config
-from model import RecurrentAttention, loss_terms
+from model import RecurrentAttention, compiled, loss_terms
 from modules import Retina
 
 NUM_TRAIN, NUM_VALID = 54000, 6000
@@ -91,15 +91,16 @@ def main():
     if cfg.seed_style:
         model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.init_lr, fused=not cfg.seed_style)
-    fwd = torch.compile(model) if cfg.compile else model
     T = cfg.num_glimpses
 
-    def rollout(x):
+    def losses(x, y):  # as the trainer's rollout (compiled with it, as --compile does there)
         l_0 = torch.empty(len(x), 2, device=device).uniform_(-1, 1)
-        return seed_rollout(model, x, l_0, T) if cfg.seed_style else fwd(x, l_0, T)
+        return loss_terms(seed_rollout(model, x, l_0, T) if cfg.seed_style else model(x, l_0, T),
+                          y)
+    run = compiled(losses, device) if cfg.compile else losses
 
     def train_step(x, y):
-        loss = loss_terms(rollout(x), y).total
+        loss = run(x, y).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,7 +109,7 @@ def main():
         # both without autograd (the seed's final validate() is under torch.no_grad());
         # the seed's batches are --batch_size images, this project's about 4096 rows
         with torch.no_grad():
-            loss_terms(rollout(x.repeat(cfg.M, 1, 1, 1)), y.repeat(cfg.M)).R.sum().item()
+            run(x.repeat(cfg.M, 1, 1, 1), y.repeat(cfg.M)).R.sum().item()
 
     eval_bs = cfg.batch_size if cfg.seed_style else max(cfg.batch_size, 4096 // cfg.M)
 

@@ -36,7 +36,6 @@ class Retina:
         # a patch of size n centred at c in [0, H] spans rows c - n // 2 .. c - n // 2 + n - 1
         n = self.sizes[-1]
         self.pad = (n // 2, n - n // 2)  # (before, after): the least that holds every patch
-        self._offsets = {}  # (W, device) -> flat offsets of each scale's pixels
 
     def prepare(self, x):
         """Pads x (B, C, H, W) once: the Padded result serves every glimpse of x."""
@@ -49,15 +48,11 @@ class Retina:
 
     def _patch_offsets(self, W, device):
         """For each scale, the flat offset of each patch pixel in the padded image when the
-        centre is at pixel (0, 0)."""
-        key = (W, device)
-        if key not in self._offsets:
-            lo, Wp = self.pad[0], W + sum(self.pad)
-            self._offsets[key] = []
-            for n in self.sizes:
-                r = torch.arange(n) + lo - n // 2
-                self._offsets[key].append((r[:, None] * Wp + r[None, :]).flatten().to(device))
-        return self._offsets[key]
+        centre is at pixel (0, 0). Made per rollout (three small ops a scale), not cached: a
+        cache filled while torch.compile traces would make it compile everything twice."""
+        lo, Wp = self.pad[0], W + sum(self.pad)
+        rows = (torch.arange(lo - n // 2, lo - n // 2 + n, device=device) for n in self.sizes)
+        return [(r[:, None] * Wp + r).flatten() for r in rows]
 
     @staticmethod
     def centre(l, size, limit):

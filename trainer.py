@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from model import RecurrentAttention, Rollout, loss_terms
+from model import RecurrentAttention, Rollout, compiled, loss_terms
 from utils import UserError
 
 # settings that change the network's tensors or what a checkpoint's name promises
@@ -43,7 +43,8 @@ class Trainer:
             config.patch_size, config.num_patches, config.glimpse_scale, channels,
             config.glimpse_hidden, config.loc_hidden, config.std, config.hidden_size,
             num_classes).to(device)
-        self.ram = torch.compile(self.model) if config.compile else self.model
+        # --compile: the rollout and the loss as one compiled function (forward and backward)
+        self.run = compiled(self.rollout, device) if config.compile else self.rollout
         print("[*] Number of model parameters: {:,}".format(
             sum(p.numel() for p in self.model.parameters())))
 
@@ -62,16 +63,17 @@ class Trainer:
             return torch.zeros(n, 2, device=self.device)
         return torch.empty(n, 2, device=self.device).uniform_(-1, 1)
 
-    def rollout(self, x, M=1):
-        """T glimpses on x (B, ...); with M > 1 on M copies of each image, outputs averaged over
-        the copies as in the seed (log-probabilities, log pi and baselines alike)."""
+    def rollout(self, x, y, M=1):
+        """T glimpses on x (B, ...) and the hybrid loss against y (B,): (Rollout, Losses). With
+        M > 1 on M copies of each image, outputs averaged over the copies as in the seed
+        (log-probabilities, log pi and baselines alike)."""
         B = x.shape[0]
         if M > 1:
             x = x.repeat(M, 1, 1, 1)
-        out = self.ram(x, self.initial_location(len(x)), self.num_glimpses)
+        out = self.model(x, self.initial_location(len(x)), self.num_glimpses)
         if M > 1:
             out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
-        return out
+        return out, loss_terms(out, y)
 
     # ---------------------------------------------------------------- training
     def train(self):
@@ -121,8 +123,7 @@ class Trainer:
         tic = time.time()
         with tqdm(total=loader.num_samples, leave=False) as pbar:
             for i, (x, y) in enumerate(loader):
-                out = self.rollout(x)
-                losses = loss_terms(out, y)
+                out, losses = self.run(x, y)
                 loss = losses.total
                 if not torch.isfinite(loss):  # before the step: the weights stay good
                     raise self.diverged(loss, epoch, i)
@@ -158,8 +159,7 @@ class Trainer:
         self.model.eval()
         loss_sum = correct = 0
         for x, y in loader:
-            out = self.rollout(x, self.M)
-            losses = loss_terms(out, y)
+            _, losses = self.run(x, y, self.M)
             loss_sum += losses.total * len(y)
             correct += losses.R.sum()
         n = loader.num_samples

@@ -190,25 +190,34 @@ def test_tiny_batches(B):
     assert out.b.shape == (B, 6) and torch.isfinite(losses.total)
 
 
-def test_compiled_model_matches_eager(monkeypatch):
-    """--compile=True runs the same computation (torch.compile fuses it, within float error),
-    forward and backward. Compiled code draws its noise with its own generator;
+def test_compiled_rollout_matches_eager(monkeypatch):
+    """--compile=True runs the trainer's rollout and loss as one compiled function (C++ wrapper
+    on CPU): the same computation within float error, for training (forward and backward)
+    and for evaluation on M copies. Compiled code draws its noise with its own generator;
     fallback_random makes it eager's."""
     import torch._inductor.config
+    import config
+    from trainer import Trainer
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    torch.manual_seed(4)
-    model = RecurrentAttention()
-    x, y, l_0 = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.rand(8, 2) * 2 - 1
+    trainer = Trainer(config.get_config(["--compile=True", "--num_glimpses=3", "--M=2"]),
+                      torch.device("cpu"))
+    assert trainer.run != trainer.rollout  # the compiled function, not the method
+    model = trainer.model
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     results = []
-    for run in (model, torch.compile(model)):
+    for run in (trainer.rollout, trainer.run):
         torch.manual_seed(5)
-        out = run(x, l_0, 3)
+        out, losses = run(x, y)
         model.zero_grad()
-        loss_terms(out, y).total.backward()
-        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (eager, eager_grads), (compiled, compiled_grads) = results
-    for a, b in zip(eager, compiled):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        losses.total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        torch.manual_seed(6)
+        with torch.no_grad():
+            _, eval_losses = run(x, y, 2)
+        results.append((*out, *losses, *eval_losses, grads))
+    for a, b in zip(*(r[:-1] for r in results)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    (*_, eager_grads), (*_, compiled_grads) = results
     for n in eager_grads:
         torch.testing.assert_close(compiled_grads[n], eager_grads[n], rtol=1e-4, atol=1e-5,
                                    msg=n)
