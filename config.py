@@ -121,7 +121,7 @@ misc_arg.add_argument("--plot_freq", type=int, default=1,
 misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
                       help="Directory in which glimpse pickles and plots are stored")
 misc_arg.add_argument("--compile", type=str2bool, default=False,
-                      help="torch.compile the model (costs start-up time)")
+                      help="torch.compile the rollout and its loss (costs start-up time)")
 
 
 def check(config):

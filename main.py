@@ -10,6 +10,7 @@ once, saying which epoch is saved, with exit code 130 (143).
 """
 import os
 import random
+import shutil
 import signal
 import sys
 
@@ -27,6 +28,11 @@ def main(config):
     torch.manual_seed(config.random_seed)  # seeds CUDA too
     random.seed(config.random_seed)
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
+    if config.compile and device.type == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c):
+        # inductor would fail at the first batch, deep in a traceback
+        raise UserError("--compile=True on CPU needs a C++ compiler (g++, clang++ or $CXX) "
+                        "on the PATH: install one, or leave --compile off")
 
     if not config.is_train:
         test_loader = data_loader.get_test_loader(config.data_dir, eval_batch_size(config),

@@ -38,6 +38,16 @@ def assert_user_error(proc, *words):
         assert w in lines[0], (w, lines[0])
 
 
+def test_compile_without_a_cpp_compiler_is_one_line(workdir):
+    """--compile=True on CPU with no C++ compiler to be found: one line, before any work."""
+    env = dict(os.environ, PATH="", CXX="")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--compile=True",
+                           "--epochs=1", *TINY], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert_user_error(proc, "--compile=True", "C++ compiler")
+    assert not (workdir / "ckpt").exists()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A folder with tiny MNIST and one trained epoch in ckpt/."""
