@@ -113,7 +113,7 @@ def compiled(fn, device):
     """torch.compile of fn, a rollout and its loss, for --compile: one static graph per batch
     shape (a training batch, the last one, validation's and test's), which on CPU runs 1.06x
     faster than a dynamic one, and on CPU inductor's C++ wrapper, which launches the kernels
-    from C++, not Python: at batch 32 a training step is mostly launches (1.12-1.17x a step
+    from C++, not Python: at batch 32 a training step is mostly launches (1.14-1.21x a step
     over a plain compile of the model, 1.33-1.45x over eager, paired)."""
     return torch.compile(fn, dynamic=False,
                          options={"cpp_wrapper": True} if device.type == "cpu" else None)
