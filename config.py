@@ -7,6 +7,9 @@ import sys
 
 from utils import UserError
 
+DATASETS = ("mnist", "translated", "cluttered")
+CANVAS_FLAGS = ("canvas_size", "num_clutter", "clutter_size")
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -42,7 +45,19 @@ def str2bool(v):
 
 str2bool.__name__ = "boolean"  # argparse names the type in its message
 
+
+class Defaults(argparse.HelpFormatter):
+    """--help gives each flag's default, except where the help text says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 parser = Parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)",
+                formatter_class=Defaults,
                 allow_abbrev=False)  # --epoch must not silently mean --epochs
 
 glimpse_arg = parser.add_argument_group("Glimpse Network Params")
@@ -72,6 +87,17 @@ reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="
                                 "or the image centre")
 
 data_arg = parser.add_argument_group("Data Params")
+data_arg.add_argument("--dataset", choices=DATASETS, default="mnist",
+                      help="mnist: the 28x28 digits; translated: each digit at a random place "
+                           "on an empty canvas; cluttered: the same plus clutter pieces cut "
+                           "from other digits (the paper's tasks)")
+data_arg.add_argument("--canvas_size", type=int, default=None,
+                      help="side of the translated or cluttered canvas (default 60)")
+data_arg.add_argument("--num_clutter", type=int, default=None,
+                      help="clutter pieces per cluttered canvas (default 4 below a 100 px "
+                           "canvas, 8 from 100 px, as in the paper)")
+data_arg.add_argument("--clutter_size", type=int, default=None,
+                      help="side of a clutter piece (default 8)")
 data_arg.add_argument("--valid_size", type=float, default=0.1,
                       help="Proportion of training set used for validation")
 data_arg.add_argument("--batch_size", type=int, default=32,
@@ -96,6 +122,13 @@ train_arg.add_argument("--lr_patience", type=int, default=10,
                        help="Number of epochs to wait before reducing lr")
 train_arg.add_argument("--train_patience", type=int, default=50,
                        help="Number of epochs to wait before stopping train")
+train_arg.add_argument("--overwrite", type=str2bool, default=False,
+                       help="start over, replacing the checkpoints of an earlier run of the "
+                            "same model in --ckpt_dir (without it, training refuses to)")
+train_arg.add_argument("--autograd", type=str2bool, default=False,
+                       help="backpropagate through the glimpse loop with autograd instead of "
+                            "its written-out derivative: slower, but an edited glimpse or core "
+                            "network trains at once")
 
 misc_arg = parser.add_argument_group("Misc.")
 misc_arg.add_argument("--use_gpu", type=str2bool, default=True,
@@ -149,6 +182,42 @@ def check(config):
     if config.hidden_size != config.glimpse_hidden + config.loc_hidden:
         raise UserError(f"--hidden_size ({config.hidden_size}) must equal --glimpse_hidden + "
                         f"--loc_hidden ({config.glimpse_hidden} + {config.loc_hidden})")
+    if config.resume and config.overwrite:
+        raise UserError("--resume=True continues a run and --overwrite=True starts it over: "
+                        "pass one of them")
+    check_data(config)
+
+
+def check_data(config):
+    """Checks the dataset flags and fills in their defaults (None where they do not apply)."""
+    given = [f"--{f}" for f in CANVAS_FLAGS if getattr(config, f) is not None]
+    if config.dataset == "mnist":
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to --dataset=translated or "
+                            "cluttered")
+        return
+    if config.dataset == "translated" and config.num_clutter:
+        raise UserError("--num_clutter applies to --dataset=cluttered (translated canvases "
+                        "have none)")
+    if config.canvas_size is None:
+        config.canvas_size = 60
+    if config.clutter_size is None:
+        config.clutter_size = 8
+    if config.num_clutter is None:
+        config.num_clutter = 0 if config.dataset == "translated" else default_clutter(
+            config.canvas_size)
+    if config.canvas_size < 28:
+        raise UserError(f"--canvas_size must be at least 28 (a whole digit), got "
+                        f"{config.canvas_size}")
+    if config.num_clutter < 0:
+        raise UserError(f"--num_clutter must be 0 or more, got {config.num_clutter}")
+    if not 1 <= config.clutter_size <= 28:
+        raise UserError(f"--clutter_size must be in 1..28 (a crop of a digit), got "
+                        f"{config.clutter_size}")
+
+
+def default_clutter(canvas_size):
+    return 4 if canvas_size < 100 else 8
 
 
 def get_config(argv=None):

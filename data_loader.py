@@ -1,16 +1,29 @@
-"""MNIST decoded once into one normalised tensor, served in batches by index.
+"""The datasets: (train, valid, test) batches of normalised images behind one interface.
 
-The seed ran torchvision transforms per image in DataLoader workers; for a 28x28 dataset that
-costs more than the model. Here the four idx files are read once (gz or not), normalised with
-the seed's arithmetic (ToTensor's /255, then Normalize((0.1307,), (0.3081,))), put on the
-training device, and each epoch draws its batches from a seeded permutation. The split is the
-seed's: np.random.seed(random_seed); np.random.shuffle(indices); the first valid_size for
-validation.
+    mnist       the 28x28 digits, as the seed (its split, its normalisation)
+    translated  each digit at a random place on an empty canvas (the paper's 60x60 task)
+    cluttered   the same, plus clutter pieces cut from other digits (60x60 and 100x100)
+
+MNIST is read once from its four idx files (gz or not) into one uint8 tensor on the training
+device and served by index; no per-image transforms, no worker processes. The split is the
+seed's: np.random.seed(random_seed); np.random.shuffle(indices); the first valid_size validate.
+
+Canvases follow DeepMind's mnist-cluttered generator, the one behind the paper's numbers: the
+digit entirely inside the canvas at a uniformly random place; each clutter piece a random
+clutter_size square crop of a random digit of the same split, at a uniformly random place;
+overlaps add and are clipped at 255. A canvas is drawn from a few integers per image (where
+the digit goes, which digits the pieces come from, where they are cut and pasted) and
+rendered per batch by one scatter, so an epoch's canvases never exist all at once. Training
+canvases are new every epoch, drawn from (random_seed, epoch), so a resumed run sees exactly
+what an uninterrupted one would; validation and test canvases are fixed, drawn from seeds of
+their own whatever --random_seed is, and the test set is one canvas per test digit.
 """
 import contextlib
 import gzip
 import io
 import os
+import shutil
+import tempfile
 import zlib
 
 import numpy as np
@@ -22,25 +35,37 @@ MNIST_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-MEAN, STD = 0.1307, 0.3081
+# (mean, std) after /255. MNIST keeps the seed's Normalize((0.1307,), (0.3081,)). A canvas is
+# only scaled to [0, 1]: its empty background must read 0, like the zeros the retina pads
+# with outside the image, or the border of the canvas would be a visible edge to home in on.
+NORMALISATION = {"mnist": (0.1307, 0.3081), "translated": (0.0, 1.0), "cluttered": (0.0, 1.0)}
+CANVAS_SEEDS = {"valid": 1406_6247, "test": 2014_1206}  # fixed: everyone's test set is the same
+DIGIT = 28
 
 
 class Batches:
-    """Iterates (x, y) batches over images[indices]; reshuffled each epoch when shuffle is set.
+    """(x, y) batches: x float (b, C, H, W) normalised, y long (b,), over images[indices].
 
-    The order of epoch e depends on (seed, e) alone, so a resumed run sees the same batches as
-    an uninterrupted one without any sampler state to save.
-    """
+    Reshuffled each epoch when shuffle is set; the order of epoch e depends on (seed, e) alone,
+    so a resumed run sees the same batches as an uninterrupted one with no sampler state."""
 
-    def __init__(self, images, labels, indices, batch_size, shuffle=False, seed=0):
+    def __init__(self, images, labels, indices, batch_size, shuffle=False, seed=0,
+                 normalisation=(0.0, 1.0)):
         self.images, self.labels = images, labels
         self.indices = torch.as_tensor(indices, dtype=torch.long, device=images.device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.normalisation = normalisation
+        self.num_classes = 10
         self.epoch = 0
 
     @property
     def num_samples(self):
         return len(self.indices)
+
+    @property
+    def image_shape(self):
+        """(C, H, W) of x."""
+        return tuple(self.images.shape[1:])
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -49,15 +74,94 @@ class Batches:
         return -(-self.num_samples // self.batch_size)
 
     def __iter__(self):
-        idx = self.indices
+        order = torch.arange(self.num_samples, device=self.indices.device)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            idx = idx[torch.randperm(len(idx), generator=g).to(idx.device)]
-        for i in range(0, len(idx), self.batch_size):
-            j = idx[i:i + self.batch_size]
-            yield self.images[j], self.labels[j]
+            order = torch.randperm(len(order), generator=g).to(order.device)
+        mean, std = self.normalisation
+        for i in range(0, len(order), self.batch_size):
+            p = order[i:i + self.batch_size]  # positions in the split
+            # the seed's arithmetic: ToTensor's /255, then Normalize
+            yield self.render(p).float().div_(255).sub_(mean).div_(std), self.labels[
+                self.indices[p]]
+
+    def render(self, p):
+        """The images (uint8 or float in [0, 255]) at positions p of the split."""
+        return self.images[self.indices[p]]
 
 
+class Canvases(Batches):
+    """Batches of canvases made from the split's digits (the module docstring says how).
+
+    With fixed_seed the canvases are drawn once and are the same every epoch; without, they
+    are drawn afresh each epoch from (seed, epoch)."""
+
+    def __init__(self, images, labels, indices, batch_size, canvas_size, num_clutter,
+                 clutter_size, shuffle=False, seed=0, fixed_seed=None, normalisation=(0.0, 1.0)):
+        super().__init__(images, labels, indices, batch_size, shuffle, seed, normalisation)
+        self.size, self.num_clutter, self.clutter_size = canvas_size, num_clutter, clutter_size
+        self.fixed_seed = fixed_seed
+        self.draw()
+
+    @property
+    def image_shape(self):
+        return (self.images.shape[1], self.size, self.size)
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        if self.fixed_seed is None:
+            self.draw()
+
+    def draw(self):
+        """The integers that make each canvas of this epoch: where the digit goes (n, 2); for
+        each piece (n, N, ...), its source digit (a position in the split), the crop's corner
+        and the corner it is pasted at, all (row, column)."""
+        key = [self.fixed_seed] if self.fixed_seed is not None else [self.seed, self.epoch, 1]
+        key = int(np.random.SeedSequence(key).generate_state(1)[0])
+        g = torch.Generator().manual_seed(key)
+        n, N, p, S = self.num_samples, self.num_clutter, self.clutter_size, self.size
+        draws = (torch.randint(S - DIGIT + 1, (n, 2), generator=g),
+                 torch.randint(max(n, 1), (n, N), generator=g),
+                 torch.randint(DIGIT - p + 1, (n, N, 2), generator=g),
+                 torch.randint(S - p + 1, (n, N, 2), generator=g))
+        self.where, self.source, self.crop, self.paste = (
+            d.to(self.indices.device) for d in draws)
+
+    def render(self, p):
+        pieces = self.images[self.indices[self.source[p]]]  # (b, N, C, 28, 28)
+        return compose(self.images[self.indices[p]], self.where[p], pieces, self.crop[p],
+                       self.paste[p], self.size, self.clutter_size)
+
+
+def compose(digits, where, pieces, crop, paste, S, p):
+    """Canvases (b, C, S, S) float in [0, 255]: digits (b, C, 28, 28) at corners where (b, 2),
+    on top of the p x p crops at crop (b, N, 2) of pieces (b, N, C, 28, 28) pasted at corners
+    paste (b, N, 2); overlaps add, clipped at 255 (adding all, then clipping once, is the
+    same as clipping after each paste: every value is >= 0)."""
+    b, C = digits.shape[:2]
+    N = pieces.shape[1]
+    dev = digits.device
+
+    def block(n, width):  # flat offsets of an n x n block in a row-major image of that width
+        r = torch.arange(n, device=dev)
+        return (r[:, None] * width + r).flatten()
+
+    def corner(rc, width):
+        return (rc[..., 0] * width + rc[..., 1]).unsqueeze(-1)
+
+    idx = [corner(where, S) + block(DIGIT, S)]  # (b, 784)
+    val = [digits.flatten(2).float()]  # (b, C, 784)
+    if N:
+        cut = (corner(crop, DIGIT) + block(p, DIGIT)).unsqueeze(2).expand(b, N, C, p * p)
+        cut = pieces.flatten(3).gather(3, cut).float()  # (b, N, C, p*p)
+        idx.append((corner(paste, S) + block(p, S)).flatten(1))  # (b, N*p*p)
+        val.append(cut.transpose(1, 2).flatten(2))  # (b, C, N*p*p), pieces in idx's order
+    idx = torch.cat(idx, 1).unsqueeze(1).expand(b, C, -1)
+    canvas = torch.zeros(b, C, S * S, device=dev).scatter_add_(2, idx, torch.cat(val, 2))
+    return canvas.clamp_(max=255).view(b, C, S, S)
+
+
+# ------------------------------------------------------------------------------- MNIST files
 def read_idx(path):
     """An idx file (LeCun's MNIST format, optionally gzipped) as a uint8 tensor."""
     try:
@@ -76,16 +180,25 @@ def read_idx(path):
     return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
 
 
-def _find(raw, name):
-    for path in (os.path.join(raw, name), os.path.join(raw, name + ".gz")):
+def _find(folder, name):
+    for path in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
         if os.path.isfile(path):
             return path
     return None
 
 
+def mnist_folder(data_dir):
+    """The folder with the MNIST files: <data_dir>/MNIST/raw (torchvision's layout), or
+    data_dir itself when the user pointed --data_dir at the files."""
+    names = MNIST_FILES[True] + MNIST_FILES[False]
+    if all(_find(data_dir, n) for n in names):
+        return data_dir
+    return os.path.join(data_dir, "MNIST", "raw")
+
+
 def load_mnist(data_dir, train):
-    """(images (N, 1, 28, 28) uint8, labels (N,) long) from <data_dir>/MNIST/raw."""
-    raw = os.path.join(data_dir, "MNIST", "raw")
+    """(images (N, 1, 28, 28) uint8, labels (N,) long) from mnist_folder(data_dir)."""
+    raw = mnist_folder(data_dir)
     names = MNIST_FILES[train]
     if any(_find(raw, n) is None for n in names):
         _download(data_dir)
@@ -93,7 +206,7 @@ def load_mnist(data_dir, train):
     if missing:
         raise UserError(f"MNIST not found: {', '.join(missing)} missing from "
                         f"{os.path.abspath(raw)} and the download failed (no network?); "
-                        "copy the official MNIST files there")
+                        "copy the four official MNIST files there")
     images, labels = (read_idx(_find(raw, n)) for n in names)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise UserError(f"MNIST files in {raw} do not match: {tuple(images.shape)} images, "
@@ -102,16 +215,20 @@ def load_mnist(data_dir, train):
 
 
 def _download(data_dir):
-    """torchvision's downloader, silenced: on failure the caller names the missing files."""
+    """torchvision's downloader into a temporary folder, moved into <data_dir>/MNIST/raw only
+    when it succeeded: a failed download (no network) leaves no empty folders behind. On
+    failure the caller names the missing files."""
     from torchvision import datasets
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        with contextlib.suppress(Exception):
-            datasets.MNIST(data_dir, train=True, download=True)
-
-
-def normalise(images, device):
-    """uint8 (N, C, H, W) -> float32 on device, exactly as ToTensor() + Normalize() do."""
-    return images.to(device).float().div(255).sub_(MEAN).div_(STD)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
+                io.StringIO()):
+            datasets.MNIST(tmp, train=True, download=True)
+        got = os.path.join(tmp, "MNIST", "raw")
+        raw = os.path.join(data_dir, "MNIST", "raw")
+        os.makedirs(raw, exist_ok=True)
+        for f in os.listdir(got):
+            if f.endswith(".gz"):
+                shutil.move(os.path.join(got, f), os.path.join(raw, f))
 
 
 def split_indices(num_train, valid_size, random_seed, shuffle):
@@ -124,17 +241,32 @@ def split_indices(num_train, valid_size, random_seed, shuffle):
     return indices[split:], indices[:split]
 
 
-def get_train_valid_loader(data_dir, batch_size, random_seed, valid_size=0.1, shuffle=True,
-                           device="cpu", eval_batch_size=None):
-    images, labels = load_mnist(data_dir, train=True)
-    images, labels = normalise(images, device), labels.to(device)
-    train_idx, valid_idx = split_indices(len(images), valid_size, random_seed, shuffle)
-    train = Batches(images, labels, train_idx, batch_size, shuffle=True, seed=random_seed)
-    valid = Batches(images, labels, valid_idx, eval_batch_size or batch_size)
+# ------------------------------------------------------------------------------- the interface
+def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None):
+    normalisation = NORMALISATION[config.dataset]
+    if config.dataset == "mnist":
+        return Batches(images, labels, indices, batch_size, shuffle=train,
+                       seed=config.random_seed, normalisation=normalisation)
+    return Canvases(images, labels, indices, batch_size, config.canvas_size,
+                    config.num_clutter, config.clutter_size, shuffle=train,
+                    seed=config.random_seed, fixed_seed=canvas_seed,
+                    normalisation=normalisation)
+
+
+def get_train_valid_loader(config, device, eval_batch_size=None):
+    """(train, valid) for config.dataset, on device."""
+    images, labels = load_mnist(config.data_dir, train=True)
+    images, labels = images.to(device), labels.to(device)
+    train_idx, valid_idx = split_indices(len(images), config.valid_size, config.random_seed,
+                                         config.shuffle)
+    train = _loader(config, images, labels, train_idx, config.batch_size, True)
+    valid = _loader(config, images, labels, valid_idx, eval_batch_size or config.batch_size,
+                    False, CANVAS_SEEDS["valid"])
     return train, valid
 
 
-def get_test_loader(data_dir, batch_size, device="cpu"):
-    images, labels = load_mnist(data_dir, train=False)
-    images, labels = normalise(images, device), labels.to(device)
-    return Batches(images, labels, range(len(images)), batch_size)
+def get_test_loader(config, device, batch_size):
+    images, labels = load_mnist(config.data_dir, train=False)
+    images, labels = images.to(device), labels.to(device)
+    return _loader(config, images, labels, range(len(images)), batch_size, False,
+                   CANVAS_SEEDS["test"])

@@ -1,15 +1,19 @@
-"""Train or test the Recurrent Attention Model (Mnih et al. 2014) on MNIST.
+"""Train or test the Recurrent Attention Model (Mnih et al. 2014).
 
-    python main.py                     # train with the seed's published settings
+    python main.py                     # train with the seed's published settings on MNIST
     python main.py --resume=True       # continue from <ckpt_dir>/<model_name>_ckpt.pth.tar
     python main.py --is_train=False    # test <ckpt_dir>/<model_name>_model_best.pth.tar
+    python main.py --dataset=cluttered --canvas_size=60 --patch_size=12 --num_patches=3 \
+        --num_glimpses=8               # one of the paper's harder tasks
 
 Every flag: python main.py --help. A mistake (flag, file, checkpoint) ends with one line on
 stderr and exit code 1 (2 for a flag argparse rejects); Ctrl-C (or SIGTERM) stops training at
 once, saying which epoch is saved, with exit code 130 (143).
 """
+import glob
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -35,30 +39,67 @@ def main(config):
                         "on the PATH: install one, or leave --compile off")
 
     if not config.is_train:
-        test_loader = data_loader.get_test_loader(config.data_dir, eval_batch_size(config),
-                                                  device)
+        test_loader = data_loader.get_test_loader(config, device, config.batch_size)
+        test_loader.batch_size = eval_batch_size(config, test_loader.image_shape)
         Trainer(config, device, test_loader=test_loader).test()
         return
 
-    train_loader, valid_loader = data_loader.get_train_valid_loader(
-        config.data_dir, config.batch_size, config.random_seed, config.valid_size,
-        config.shuffle, device, eval_batch_size(config))
-    dirs = [config.ckpt_dir, plot_dir] + ([config.logs_dir] if config.use_tensorboard else [])
+    if not config.resume:
+        refuse_to_overwrite(config)
+    train_loader, valid_loader = data_loader.get_train_valid_loader(config, device)
+    valid_loader.batch_size = eval_batch_size(config, valid_loader.image_shape)
+    if config.overwrite:  # the old run's glimpses go with it
+        for p in glob.glob(os.path.join(plot_dir, "[gl]_*.p")):
+            os.remove(p)
+    dirs = [config.ckpt_dir] + ([plot_dir] if config.plot_freq or config.show_sample else []) \
+        + ([config.logs_dir] if config.use_tensorboard else [])
     utils.prepare_dirs(*dirs)
     if config.show_sample:
         x, y = next(iter(train_loader))
+        mean, std = train_loader.normalisation
         path = os.path.join(plot_dir, "sample.png")
-        utils.plot_images(x[:9] * data_loader.STD + data_loader.MEAN, y[:9], path)
+        utils.plot_images(x[:9] * std + mean, y[:9], path)
         print("[*] Saved a sample of the data to {}".format(path))
     trainer = Trainer(config, device, train_loader, valid_loader)
     try:
         trainer.train()
     except KeyboardInterrupt:
         saved = trainer.saved_epoch()
-        where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume with "
-                 "python main.py --resume=True" if saved else "no epoch had been saved yet")
+        where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume "
+                 f"with {resume_command()}" if saved else "no epoch had been saved yet")
         print(f"\n[!] Interrupted: {where}", file=sys.stderr)
         sys.exit(128 + stopped_by)
+
+
+def refuse_to_overwrite(config):
+    """A fresh run never replaces another run's checkpoints unless told to start over."""
+    name = utils.model_name(config)
+    paths = [os.path.join(config.ckpt_dir, name + s)
+             for s in ("_ckpt.pth.tar", "_model_best.pth.tar")]
+    found = [p for p in paths if os.path.exists(p)]
+    if not found or config.overwrite:
+        return
+    try:
+        ckpt = torch.load(found[0], map_location="cpu", weights_only=True)
+        what = f"epoch {ckpt['epoch']}, best valid acc {ckpt['best_valid_acc']:.3f}%"
+    except Exception:
+        what = "unreadable"
+    raise UserError(f"{found[0]} holds an earlier run ({what}): continue it with "
+                    "--resume=True, train elsewhere with --ckpt_dir=DIR, or start over "
+                    "with --overwrite=True")
+
+
+def resume_command():
+    """The command line that continues this run: its own flags, with --resume=True."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:  # the value of "--resume True"
+            skip = False
+        elif a.split("=")[0] in ("--resume", "--overwrite"):
+            skip = "=" not in a
+        else:
+            args.append(a)
+    return shlex.join(["python", "main.py", *args, "--resume=True"])
 
 
 stopped_by = signal.SIGINT
@@ -71,10 +112,14 @@ def on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def eval_batch_size(config):
+def eval_batch_size(config, image_shape):
     """Images per validation/test batch: each is run M times, and large batches are cheap
-    without autograd, so aim at about 4096 rows."""
-    return max(config.batch_size, 4096 // config.M)
+    without autograd, so aim at about 4096 rows, fewer where the padded images of those rows
+    would pass 256 MB (on a 100x100 canvas with a 96x96 outer patch, 1,700 rows)."""
+    C, H, W = image_shape
+    n = config.patch_size * config.glimpse_scale ** (config.num_patches - 1)
+    rows = min(4096, 256 * 2**20 // (4 * C * (H + n) * (W + n)))
+    return max(config.batch_size, rows // config.M, 1)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ class RecurrentAttention(nn.Module):
     """
 
     def __init__(self, g=8, k=1, s=2, c=1, h_g=128, h_l=128, std=0.17, hidden_size=256,
-                 num_classes=10):
+                 num_classes=10, autograd=False):
         super().__init__()
         self.std = std
+        self.autograd = autograd  # True: the glimpse loop under autograd, not GlimpseLoop
         self.hidden_size = hidden_size
         self.sensor = GlimpseNetwork(h_g, h_l, g, k, s, c)
         self.rnn = CoreNetwork(h_g + h_l, hidden_size)
@@ -46,10 +47,10 @@ class RecurrentAttention(nn.Module):
         """
         eps = torch.randn(num_glimpses, x.shape[0], 2, device=x.device, dtype=x.dtype)
         prepared = self.sensor.retina.prepare(x)  # pad once, not once per glimpse
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not self.autograd:
             h, l_raw, locs = GlimpseLoop.apply(self, prepared, l_0, eps,
                                                *self.trunk_parameters())
-        else:
+        else:  # no gradient wanted, or autograd's: the plain loop
             h, l_raw, locs, _, _ = glimpse_loop(self, prepared, l_0, eps)
         # mu_t, log pi and b_t do not feed the recurrence: one batched call each
         log_pi = self.locator.log_prob(self.locator(h), l_raw)

@@ -19,9 +19,12 @@ import utils
 from model import RecurrentAttention, Rollout, compiled, loss_terms
 from utils import UserError
 
-# settings that change the network's tensors or what a checkpoint's name promises
+# settings that change the network's tensors or what a checkpoint's name promises, and the
+# data it was trained on (checkpoints from before --dataset existed are mnist's)
 ARCH_KEYS = ("patch_size", "num_patches", "glimpse_scale", "glimpse_hidden", "loc_hidden",
              "hidden_size", "num_glimpses")
+DATA_KEYS = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
+             "clutter_size": None}
 
 
 class Diverged(UserError):
@@ -29,12 +32,13 @@ class Diverged(UserError):
 
 
 class Trainer:
-    def __init__(self, config, device, train_loader=None, valid_loader=None, test_loader=None,
-                 channels=1, num_classes=10):
+    def __init__(self, config, device, train_loader=None, valid_loader=None, test_loader=None):
         self.config = config
         self.device = device
         self.train_loader, self.valid_loader, self.test_loader = (train_loader, valid_loader,
                                                                   test_loader)
+        data = train_loader or test_loader  # what the trainer knows of the dataset: its loaders
+        channels, num_classes = data.image_shape[0], data.num_classes
         self.num_glimpses, self.M = config.num_glimpses, config.M
         self.model_name = utils.model_name(config)
         self.plot_dir = os.path.join(config.plot_dir, self.model_name)
@@ -42,20 +46,20 @@ class Trainer:
         self.model = RecurrentAttention(
             config.patch_size, config.num_patches, config.glimpse_scale, channels,
             config.glimpse_hidden, config.loc_hidden, config.std, config.hidden_size,
-            num_classes).to(device)
+            num_classes, autograd=config.autograd).to(device)
         # --compile: the rollout and the loss as one compiled function (forward and backward)
         self.run = compiled(self.rollout, device) if config.compile else self.rollout
         print("[*] Number of model parameters: {:,}".format(
             sum(p.numel() for p in self.model.parameters())))
 
-        fused = device.type in ("cpu", "cuda")  # one kernel for all 18 tensors
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.init_lr, fused=fused)
+        self.optimizer = adam(self.model.parameters(), config.init_lr, device)
         # validation accuracy should go up: the seed steps on its negative with mode "min"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, "min", patience=config.lr_patience)
         # -inf, not the seed's 0: a first epoch at 0% must still leave a best checkpoint
         self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
         self.writer = None
+        self.glimpses = None  # the first batch's images and locations, pickled with the epoch
 
     # ---------------------------------------------------------------- the glimpse loop, once
     def initial_location(self, n):
@@ -106,7 +110,9 @@ class Trainer:
             print(msg + (" [*]" if is_best else ""))
             self.counter = 0 if is_best else self.counter + 1
             self.best_valid_acc = max(valid_acc, self.best_valid_acc)
-            self.log(epoch + 1, valid_loss=valid_loss, valid_acc=valid_acc)
+            # one step axis for both: training images seen
+            self.log((epoch + 1) * self.train_loader.num_samples, valid_loss=valid_loss,
+                     valid_acc=valid_acc)
             self.save_checkpoint(epoch + 1, is_best)
             if self.counter > self.config.train_patience:
                 print("[!] No improvement in a while, stopping training.")
@@ -135,13 +141,13 @@ class Trainer:
                 correct += losses.R.sum()
                 seen += len(y)
                 if plot and i == 0:
-                    self.save_glimpses(epoch, x, out.locs)
+                    self.glimpses = (x[:9].cpu().numpy(), out.locs[:9].detach().cpu().numpy())
                 if (i + 1) % self.config.print_freq == 0 or seen == loader.num_samples:
                     avg_loss, avg_acc = loss_sum.item() / seen, 100 * correct.item() / seen
                     pbar.set_description("{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
                         time.time() - tic, avg_loss, avg_acc))
                     pbar.update(seen - pbar.n)
-                    self.log(epoch * len(loader) + i + 1, train_loss=avg_loss,
+                    self.log(epoch * loader.num_samples + seen, train_loss=avg_loss,
                              train_acc=avg_acc)
         return loss_sum.item() / seen, 100 * correct.item() / seen
 
@@ -167,7 +173,10 @@ class Trainer:
         return loss_sum.item() / n, 100 * correct / n, correct
 
     def test(self):
-        self.load_checkpoint(best=self.config.best)
+        ckpt = self.load_checkpoint(best=self.config.best)
+        # the checkpoint's own normalisation (from its training data) over the loader's
+        self.test_loader.normalisation = tuple(ckpt.get("data", {}).get(
+            "normalisation", self.test_loader.normalisation))
         _, acc, correct = self.evaluate(self.test_loader)
         print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, self.test_loader.num_samples, acc))
         return acc
@@ -178,14 +187,18 @@ class Trainer:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
 
-    def save_glimpses(self, epoch, x, locs):
+    def save_glimpses(self, epoch):
         """g_<epoch>.p: [the first 9 images]; l_<epoch>.p: T arrays (9, 2), where glimpses
-        1..T were taken (l_0 first), in [-1, 1]."""
-        imgs = x[:9].cpu().numpy()
+        1..T were taken (l_0 first), in [-1, 1]; and params.json, the run's settings, for
+        plot_glimpses.py. Written with the epoch's checkpoint, so that only finished epochs
+        have pickles."""
+        imgs, locs = self.glimpses
+        self.glimpses = None
         imgs = [imgs.squeeze(1) if imgs.shape[1] == 1 else imgs]
-        locs = [l.cpu().numpy() for l in locs[:9].unbind(1)]
-        for name, obj in ((f"g_{epoch + 1}.p", imgs), (f"l_{epoch + 1}.p", locs)):
+        locs = list(locs.transpose(1, 0, 2))
+        for name, obj in ((f"g_{epoch}.p", imgs), (f"l_{epoch}.p", locs)):
             utils.atomic_write(os.path.join(self.plot_dir, name), lambda f: pickle.dump(obj, f))
+        utils.save_json(vars(self.config), os.path.join(self.plot_dir, "params.json"))
 
     def ckpt_path(self, best):
         suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
@@ -201,11 +214,15 @@ class Trainer:
             "counter": self.counter,
             "rng_state": rng_state(),
             "params": vars(self.config),
+            "data": {"normalisation": list(self.train_loader.normalisation),
+                     "image_shape": list(self.train_loader.image_shape)},
         }
-        with utils.signals_held():  # Ctrl-C between the two files would leave the best behind
+        with utils.signals_held():  # Ctrl-C between the files would leave the best behind
             utils.save_torch(state, self.ckpt_path(best=False))
             if is_best:
                 utils.save_torch(state, self.ckpt_path(best=True))
+            if self.glimpses is not None:
+                self.save_glimpses(epoch)
 
     def saved_epoch(self):
         """The epoch the latest checkpoint on disk holds (None if none): read from the file,
@@ -237,6 +254,7 @@ class Trainer:
                 set_rng_state(ckpt["rng_state"])
         print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
             os.path.basename(path), ckpt["epoch"], ckpt["best_valid_acc"]))
+        return ckpt
 
 
 def read_checkpoint(path, device):
@@ -267,8 +285,10 @@ def check_params(ckpt, path, json_path, config):
             params = None
     if not params:
         return
-    differ = [f"--{k}={params[k]} (given {getattr(config, k)})" for k in ARCH_KEYS
-              if k in params and params[k] != getattr(config, k)]
+    trained = {k: params[k] for k in ARCH_KEYS if k in params}
+    trained.update({k: params.get(k, old) for k, old in DATA_KEYS.items()})
+    differ = [f"--{k}={v} (given {getattr(config, k)})" for k, v in trained.items()
+              if v != getattr(config, k)]
     if differ:
         raise UserError(f"{path} was trained with other settings: {', '.join(differ)}; "
                         "pass those flags to use it")
@@ -282,6 +302,15 @@ def shape_mismatch(path, state, model):
     what = "; ".join(bad) + ("; keys differ: " + ", ".join(extra) if extra else "")
     return (f"{path} was made with another configuration (checkpoint vs these flags: {what}); "
             "pass the flags it was trained with")
+
+
+def adam(parameters, lr, device):
+    """Adam, fused into one kernel for all 18 tensors where this torch has it for device."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
+    except RuntimeError:  # fused Adam on CPU came with torch 2.4
+        return torch.optim.Adam(parameters, lr=lr)
 
 
 def rng_state():

@@ -14,8 +14,25 @@ class UserError(Exception):
 
 
 def model_name(config):
-    return "ram_{}_{}x{}_{}".format(config.num_glimpses, config.patch_size, config.patch_size,
+    """ram_{T}_{g}x{g}_{s} as the seed names it, then whatever else sets the network or the
+    data apart, so that two such runs never share checkpoints or glimpse pickles:
+    ram_6_8x8_2 (the seed's), ram_8_12x12_2_k3_translated60, ram_8_12x12_2_k4_cluttered100."""
+    name = "ram_{}_{}x{}_{}".format(config.num_glimpses, config.patch_size, config.patch_size,
                                     config.glimpse_scale)
+    if config.num_patches != 1:
+        name += f"_k{config.num_patches}"
+    if (config.glimpse_hidden, config.loc_hidden) != (128, 128):
+        name += f"_h{config.glimpse_hidden}-{config.loc_hidden}"
+    dataset = getattr(config, "dataset", "mnist")
+    if dataset != "mnist":
+        name += f"_{dataset}{config.canvas_size}"
+    if dataset == "cluttered":
+        from config import default_clutter
+        if config.num_clutter != default_clutter(config.canvas_size):
+            name += f"_n{config.num_clutter}"
+        if config.clutter_size != 8:
+            name += f"_c{config.clutter_size}"
+    return name
 
 
 @contextlib.contextmanager
@@ -77,14 +94,11 @@ def prepare_dirs(*dirs):
 
 
 def save_config(config):
-    """Writes <ckpt_dir>/<model_name>_params.json, as the seed does, and a copy beside the
-    glimpse pickles so that plot_glimpses.py needs no flags to read them."""
-    name = model_name(config)
-    param_path = os.path.join(config.ckpt_dir, name + "_params.json")
+    """Writes <ckpt_dir>/<model_name>_params.json, as the seed does."""
+    param_path = os.path.join(config.ckpt_dir, model_name(config) + "_params.json")
     print("[*] Model Checkpoint Dir: {}".format(config.ckpt_dir))
     print("[*] Param Path: {}".format(param_path))
     save_json(vars(config), param_path)
-    save_json(vars(config), os.path.join(config.plot_dir, name, "params.json"))
 
 
 def plot_images(images, labels, path):
