@@ -4,11 +4,13 @@
     python bench.py --batch_size=128 --num_patches=3  # the paper's multi-scale setting
     python bench.py --seed_style=True                 # the seed's way, for comparison
     python bench.py --epoch=True                      # also time one whole epoch
+    python bench.py --epoch=True --dataset=translated --patch_size=12 --num_patches=3
 
 Prints images/s for training steps (forward, loss, backward, Adam) and for evaluation (M
 Monte-Carlo rows per image, no autograd), the median of --repeats timed runs after a warm-up,
-and the seconds per MNIST epoch they imply (54,000 training images + 6,000 x M rows).
-The data is random 28x28 bytes in memory: speed does not depend on what the digits are.
+and the seconds per epoch they imply (54,000 training images + 6,000 x M rows). The digits
+are random bytes in memory (canvases made from them as main.py makes them): speed does not
+depend on what the digits are.
 """
 import statistics
 import time
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import config
+from main import eval_batch_size
 from model import RecurrentAttention, compiled, loss_terms
 from modules import Retina
 
@@ -76,21 +79,64 @@ def seed_loader(batch_size, n, workers):
                                        num_workers=workers)
 
 
+def get_args(argv=None):
+    p = config.Parser(description="Throughput of RAM training and evaluation.",
+                      formatter_class=config.Defaults, allow_abbrev=False)
+    p.add_argument("--dataset", choices=config.DATASETS, default="mnist",
+                   help="what the images are: their size is what matters for speed")
+    p.add_argument("--canvas_size", type=int, default=60, help="side of a canvas")
+    p.add_argument("--num_clutter", type=int, default=4, help="pieces per cluttered canvas")
+    p.add_argument("--patch_size", type=int, default=8, help="g")
+    p.add_argument("--num_patches", type=int, default=1, help="k")
+    p.add_argument("--glimpse_scale", type=int, default=2, help="s")
+    p.add_argument("--num_glimpses", type=int, default=6, help="T")
+    p.add_argument("--batch_size", type=int, default=32, help="training batch")
+    p.add_argument("--M", type=int, default=10, help="Monte-Carlo rows per evaluated image")
+    p.add_argument("--compile", type=config.str2bool, default=False,
+                   help="torch.compile the rollout and loss, as main.py --compile=True")
+    p.add_argument("--use_gpu", type=config.str2bool, default=True, help="CUDA if there is one")
+    p.add_argument("--seed_style", type=config.str2bool, default=False,
+                   help="the seed's way: a Python loop over the batch per crop, per-image "
+                        "transforms in DataLoader workers (28x28 only)")
+    p.add_argument("--num_workers", type=int, default=4, help="the seed-style loader's workers")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is given")
+    p.add_argument("--epoch", type=config.str2bool, default=False,
+                   help="also time one whole epoch (train + validation), batches made as "
+                        "main.py makes them")
+    args = p.parse_args(argv)
+    if args.seed_style and args.dataset != "mnist":
+        p.error("--seed_style=True is the seed's 28x28 MNIST only")
+    args.size = 28 if args.dataset == "mnist" else args.canvas_size
+    args.clutter_size = 8
+    if args.dataset == "translated":
+        args.num_clutter = 0
+    return args
+
+
+def loaders(cfg, eval_bs, device):
+    """Training and validation batches of this project's kind, from random digits in memory."""
+    from data_loader import Batches, Canvases
+    digits = torch.randint(0, 256, (NUM_TRAIN + NUM_VALID, 1, 28, 28), dtype=torch.uint8,
+                           device=device)
+    labels = torch.randint(0, 10, (len(digits),), device=device)
+    split = (range(NUM_TRAIN), range(NUM_TRAIN, len(digits)))
+    if cfg.dataset == "mnist":
+        return [Batches(digits, labels, idx, bs, shuffle=train)
+                for idx, bs, train in zip(split, (cfg.batch_size, eval_bs), (True, False))]
+    return [Canvases(digits, labels, idx, bs, cfg.size, cfg.num_clutter, cfg.clutter_size,
+                     shuffle=train, fixed_seed=None if train else 0)
+            for idx, bs, train in zip(split, (cfg.batch_size, eval_bs), (True, False))]
+
+
 def main():
-    config.parser.add_argument("--seed_style", type=config.str2bool, default=False)
-    config.parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
-    config.parser.add_argument("--repeats", type=int, default=5)
-    config.parser.add_argument("--epoch", type=config.str2bool, default=False,
-                               help="also time one whole epoch (train + validation)")
-    cfg = config.get_config()
+    cfg = get_args()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale, 1,
-                               cfg.glimpse_hidden, cfg.loc_hidden, cfg.std,
-                               cfg.hidden_size).to(device)
+    model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale).to(device)
     if cfg.seed_style:
         model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.init_lr, fused=not cfg.seed_style)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=not cfg.seed_style)
     T = cfg.num_glimpses
 
     def losses(x, y):  # as the trainer's rollout (compiled with it, as --compile does there)
@@ -107,14 +153,14 @@ def main():
 
     def eval_step(x, y):
         # both without autograd (the seed's final validate() is under torch.no_grad());
-        # the seed's batches are --batch_size images, this project's about 4096 rows
+        # the seed's batches are --batch_size images, this project's as main.py sizes them
         with torch.no_grad():
             run(x.repeat(cfg.M, 1, 1, 1), y.repeat(cfg.M)).R.sum().item()
 
-    eval_bs = cfg.batch_size if cfg.seed_style else max(cfg.batch_size, 4096 // cfg.M)
+    eval_bs = cfg.batch_size if cfg.seed_style else eval_batch_size(cfg, (1, cfg.size, cfg.size))
 
     def timed(step, bs):
-        x = torch.randn(bs, 1, 28, 28, device=device)
+        x = torch.randn(bs, 1, cfg.size, cfg.size, device=device)
         y = torch.randint(0, 10, (bs,), device=device)
         for _ in range(3):
             step(x, y)
@@ -133,7 +179,8 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
     style = "seed-style" if cfg.seed_style else "this project"
-    print(f"{style} on {name}: batch {cfg.batch_size}, {cfg.num_patches} scale(s) of "
+    print(f"{style} on {name}: {cfg.dataset} {cfg.size}x{cfg.size}, batch {cfg.batch_size}, "
+          f"{cfg.num_patches} scale(s) of "
           f"{cfg.patch_size}x{cfg.patch_size}, {T} glimpses, M={cfg.M}"
           + (", compiled" if cfg.compile else ""))
     train_ips = timed(train_step, cfg.batch_size)
@@ -147,11 +194,7 @@ def main():
             train = seed_loader(cfg.batch_size, NUM_TRAIN, cfg.num_workers)
             valid = seed_loader(cfg.batch_size, NUM_VALID, cfg.num_workers)
         else:
-            from data_loader import Batches
-            images = torch.randn(NUM_TRAIN + NUM_VALID, 1, 28, 28, device=device)
-            labels = torch.randint(0, 10, (len(images),), device=device)
-            train = Batches(images, labels, range(NUM_TRAIN), cfg.batch_size, shuffle=True)
-            valid = Batches(images, labels, range(NUM_TRAIN, len(images)), eval_bs)
+            train, valid = loaders(cfg, eval_bs, device)
         t = time.perf_counter()
         for x, y in train:
             train_step(x.to(device), y.to(device))

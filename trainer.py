@@ -8,10 +8,8 @@ import json
 import math
 import os
 import pickle
-import random
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -212,7 +210,7 @@ class Trainer:
             "best_valid_acc": self.best_valid_acc,
             "scheduler_state": self.scheduler.state_dict(),
             "counter": self.counter,
-            "rng_state": rng_state(),
+            "rng_state": utils.rng_state(),
             "params": vars(self.config),
             "data": {"normalisation": list(self.train_loader.normalisation),
                      "image_shape": list(self.train_loader.image_shape)},
@@ -236,6 +234,8 @@ class Trainer:
     def load_checkpoint(self, best):
         path = self.ckpt_path(best)
         print("[*] Loading model from {}".format(self.config.ckpt_dir))
+        if not os.path.isfile(path):
+            raise UserError(missing_checkpoint(path, self.config))
         ckpt = read_checkpoint(path, self.device)
         json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
         check_params(ckpt, path, json_path, self.config)
@@ -251,16 +251,40 @@ class Trainer:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])
             self.counter = ckpt.get("counter", 0)
             if "rng_state" in ckpt:
-                set_rng_state(ckpt["rng_state"])
+                utils.set_rng_state(ckpt["rng_state"])
         print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
             os.path.basename(path), ckpt["epoch"], ckpt["best_valid_acc"]))
         return ckpt
 
 
+def missing_checkpoint(path, config):
+    """The error for a checkpoint that is not there, naming the runs that are, with the flags
+    that would select them."""
+    folder = os.path.dirname(path)
+    others = []
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, f)) as fh:
+                params = json.load(fh) if f.endswith("_params.json") else None
+        except (OSError, ValueError):
+            params = None
+        if isinstance(params, dict):
+            flags = [f"--{k}={v}" for k, v in trained_settings(params).items()
+                     if v is not None and v != getattr(config, k)]
+            others.append(f"{f[:-len('_params.json')]} ({' '.join(flags) or 'no flag differs'})")
+    held = f"; {folder} holds {', '.join(others[:4])}" if others else ""
+    return (f"no checkpoint {path}{held}: train first (python main.py), or pass the flags of "
+            "the model to use, and --ckpt_dir if it is elsewhere")
+
+
+def trained_settings(params):
+    """The settings in ARCH_KEYS and DATA_KEYS a checkpoint's params say it was made with."""
+    trained = {k: params[k] for k in ARCH_KEYS if k in params}
+    trained.update({k: params.get(k, old) for k, old in DATA_KEYS.items()})
+    return trained
+
+
 def read_checkpoint(path, device):
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint {path}: train first (python main.py), or point "
-                        "--ckpt_dir at the folder holding it")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many kinds for a file that is no checkpoint
@@ -285,10 +309,8 @@ def check_params(ckpt, path, json_path, config):
             params = None
     if not params:
         return
-    trained = {k: params[k] for k in ARCH_KEYS if k in params}
-    trained.update({k: params.get(k, old) for k, old in DATA_KEYS.items()})
-    differ = [f"--{k}={v} (given {getattr(config, k)})" for k, v in trained.items()
-              if v != getattr(config, k)]
+    differ = [f"--{k}={v} (given {getattr(config, k)})"
+              for k, v in trained_settings(params).items() if v != getattr(config, k)]
     if differ:
         raise UserError(f"{path} was trained with other settings: {', '.join(differ)}; "
                         "pass those flags to use it")
@@ -311,23 +333,3 @@ def adam(parameters, lr, device):
         return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
     except RuntimeError:  # fused Adam on CPU came with torch 2.4
         return torch.optim.Adam(parameters, lr=lr)
-
-
-def rng_state():
-    """Every random stream the next epoch draws from, in a form torch.load(weights_only) takes."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(state["python"])

@@ -1,11 +1,14 @@
-"""Small helpers: user errors, crash-safe writes, folders, the params json, the sample grid."""
+"""Small helpers: user errors, crash-safe writes, folders, the params json, the sample grid,
+the random state a checkpoint keeps."""
 import contextlib
 import json
 import os
+import random
 import signal
 import tempfile
 import threading
 
+import numpy as np
 import torch
 
 
@@ -118,3 +121,23 @@ def plot_images(images, labels, path):
         ax.axis("off")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+
+
+def rng_state():
+    """Every random stream the next epoch draws from, in a form torch.load(weights_only) takes."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])

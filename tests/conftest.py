@@ -9,8 +9,28 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-REAL_MNIST = os.path.join(SHARED, "data", "MNIST", "raw")
+# where the real MNIST may be: $RAM_MNIST, where the README puts it, beside the repository
+MNIST_PLACES = [p for p in (os.environ.get("RAM_MNIST"),
+                            os.path.join(ROOT, "data", "MNIST", "raw"),
+                            os.path.join(SHARED, "data", "MNIST", "raw")) if p]
 sys.path.insert(0, ROOT)
+
+
+def real_mnist_folder():
+    """The first of MNIST_PLACES that holds the four MNIST files, or None."""
+    import data_loader
+    for place in MNIST_PLACES:
+        if all(data_loader._find(place, n) for n in sum(data_loader.MNIST_FILES.values(), ())):
+            return place
+    return None
+
+
+def make_config(*flags):
+    """The config main.py would run with for these flags, checked as main checks it."""
+    import config
+    c = config.get_config(list(flags))
+    config.check(c)
+    return c
 
 
 def write_idx(path, array):
@@ -62,9 +82,11 @@ TINY = ("--batch_size=16", "--M=2", "--print_freq=2", "--num_workers=0")
 
 @pytest.fixture
 def real_mnist(tmp_path):
-    """A temporary copy of the real MNIST in ../shared (never unpacked in ../shared itself)."""
-    if not os.path.isdir(REAL_MNIST):
-        pytest.skip("../shared/data/MNIST/raw is not here")
+    """A temporary copy of the real MNIST (never unpacked where it was found)."""
+    found = real_mnist_folder()
+    if found is None:
+        pytest.skip("the real MNIST files are in none of " + ", ".join(MNIST_PLACES) +
+                    " (set RAM_MNIST to the folder that holds them)")
     raw = tmp_path / "data" / "MNIST" / "raw"
-    shutil.copytree(REAL_MNIST, raw)
+    shutil.copytree(found, raw)
     return str(tmp_path / "data")

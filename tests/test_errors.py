@@ -105,7 +105,11 @@ def test_broken_checkpoint(trained, tmp_path, damage):
 
 
 def test_checkpoint_of_another_configuration(workdir, tmp_path):
+    """Settings differ in the model's name, so a renamed checkpoint is how one is given the
+    wrong flags: the settings it was trained with are named."""
     run_main(workdir, "--epochs=1", "--num_patches=2", *TINY)
+    for suffix in ("_ckpt.pth.tar", "_model_best.pth.tar"):
+        os.rename(workdir / "ckpt" / f"{NAME}_k2{suffix}", workdir / "ckpt" / f"{NAME}{suffix}")
     before = snapshot(workdir / "ckpt")
     for flags in (["--is_train=False"], ["--resume=True", "--epochs=3"]):
         proc = run_main(workdir, *flags, *TINY, check=False)
@@ -167,7 +171,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     cfg = config.get_config(["--epochs=2", "--plot_freq=0", *TINY])
     utils.prepare_dirs(cfg.ckpt_dir)
-    train, valid = data_loader.get_train_valid_loader("data", 16, 1, 0.1, True)
+    train, valid = data_loader.get_train_valid_loader(cfg, "cpu")
     trainer = Trainer(cfg, torch.device("cpu"), train, valid)
     trainer.train_one_epoch(0)
     trainer.save_checkpoint(1, is_best=True)
@@ -206,7 +210,10 @@ def test_ctrl_c_stops_cleanly(workdir, sig, code):
     assert proc.returncode == code, out[-1500:] + err[-1500:]
     assert "Traceback" not in err
     last = [l for l in err.replace("\r", "\n").splitlines() if l.strip()][-1]
-    assert "safely saved" in last and "--resume=True" in last, err
+    assert "safely saved" in last, err
+    # the command that continues this run, its own flags included
+    assert last.endswith(f"resume with python main.py --epochs=1000 {' '.join(TINY)} "
+                         "--resume=True"), last
     epoch = int(last.split("epoch ")[1].split()[0])
     ckpt = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
     assert ckpt["epoch"] == epoch
@@ -279,9 +286,10 @@ def test_interrupt_between_the_two_checkpoint_files_waits_for_both(workdir, monk
     import config
     from trainer import Trainer
     monkeypatch.chdir(workdir)
+    import data_loader
     cfg = config.get_config(TINY)
     utils.prepare_dirs(cfg.ckpt_dir)
-    trainer = Trainer(cfg, torch.device("cpu"))
+    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
     save_torch = utils.save_torch
 
     def save_then_interrupt(obj, path):
@@ -293,3 +301,37 @@ def test_interrupt_between_the_two_checkpoint_files_waits_for_both(workdir, monk
         trainer.save_checkpoint(4, is_best=True)
     for best in (False, True):
         assert torch.load(trainer.ckpt_path(best), weights_only=True)["epoch"] == 4
+
+
+def test_missing_mnist_leaves_no_folder_behind(tmp_path):
+    """The failed download (no network) must not leave data/MNIST/raw behind, empty."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_main(tmp_path, "--epochs=1", f"--data_dir={empty}", *TINY, check=False)
+    assert_user_error(proc, "MNIST not found", str(empty / "MNIST" / "raw"))
+    assert os.listdir(empty) == []
+
+
+def test_an_interrupted_epoch_leaves_no_pickles(workdir, monkeypatch):
+    """The glimpses of an epoch are written with its checkpoint: Ctrl-C during epoch 2's
+    validation leaves epoch 1's pickles only."""
+    import config
+    import data_loader
+    from trainer import Trainer
+    monkeypatch.chdir(workdir)
+    cfg = config.get_config(["--epochs=3", *TINY])
+    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    utils.prepare_dirs(cfg.ckpt_dir, trainer.plot_dir)
+    evaluate, calls = trainer.evaluate, []
+
+    def interrupted_in_epoch_2(loader):
+        calls.append(loader)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(loader)
+
+    trainer.evaluate = interrupted_in_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(os.listdir(trainer.plot_dir)) == ["g_1.p", "l_1.p", "params.json"]
+    assert trainer.saved_epoch() == 1

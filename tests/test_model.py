@@ -197,10 +197,12 @@ def test_compiled_rollout_matches_eager(monkeypatch):
     fallback_random makes it eager's."""
     import torch._inductor.config
     import config
+    from data_loader import Batches
     from trainer import Trainer
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    data = Batches(torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.zeros(8), range(8), 8)
     trainer = Trainer(config.get_config(["--compile=True", "--num_glimpses=3", "--M=2"]),
-                      torch.device("cpu"))
+                      torch.device("cpu"), data, data)
     assert trainer.run != trainer.rollout  # the compiled function, not the method
     model = trainer.model
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))

@@ -21,7 +21,7 @@ def test_gif_from_training_pickles(workdir):
     import learning_curve
     epochs, accs = learning_curve.read(workdir / "train.log")
     assert epochs == [1, 2] and all(0 <= a <= 100 for a in accs)
-    plot_dir = workdir / "plots" / "ram_4_8x8_2"
+    plot_dir = workdir / "plots" / "ram_4_8x8_2_k2"
     assert os.path.isfile(plot_dir / "sample.png")
     proc = plot(f"--plot_dir={plot_dir}", "--epoch=2")
     assert proc.returncode == 0, proc.stderr
