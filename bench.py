@@ -139,10 +139,10 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=not cfg.seed_style)
     T = cfg.num_glimpses
 
-    def losses(x, y):  # as the trainer's rollout (compiled with it, as --compile does there)
-        l_0 = torch.empty(len(x), 2, device=device).uniform_(-1, 1)
-        return loss_terms(seed_rollout(model, x, l_0, T) if cfg.seed_style else model(x, l_0, T),
-                          y)
+    def losses(x, y, M=1):  # as the trainer's rollout (compiled with it, as --compile does)
+        l_0 = torch.empty(M * len(x), 2, device=device).uniform_(-1, 1)
+        out = seed_rollout(model, x, l_0, T) if cfg.seed_style else model(x, l_0, T)
+        return loss_terms(out, y.repeat(M))
     run = compiled(losses, device) if cfg.compile else losses
 
     def train_step(x, y):
@@ -155,9 +155,12 @@ def main():
         # both without autograd (the seed's final validate() is under torch.no_grad());
         # the seed's batches are --batch_size images, this project's as main.py sizes them
         with torch.no_grad():
-            run(x.repeat(cfg.M, 1, 1, 1), y.repeat(cfg.M)).R.sum().item()
+            if cfg.seed_style:
+                run(x.repeat(cfg.M, 1, 1, 1), y.repeat(cfg.M)).R.sum().item()
+            else:  # as the trainer: M rows per image, one padded copy of it
+                run(x, y, cfg.M).R.sum().item()
 
-    eval_bs = cfg.batch_size if cfg.seed_style else eval_batch_size(cfg, (1, cfg.size, cfg.size))
+    eval_bs = cfg.batch_size if cfg.seed_style else eval_batch_size(cfg)
 
     def timed(step, bs):
         x = torch.randn(bs, 1, cfg.size, cfg.size, device=device)

@@ -218,8 +218,8 @@ def _download(data_dir):
     """torchvision's downloader into a temporary folder, moved into <data_dir>/MNIST/raw only
     when it succeeded: a failed download (no network) leaves no empty folders behind. On
     failure the caller names the missing files."""
-    from torchvision import datasets
     with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
+        from torchvision import datasets
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
                 io.StringIO()):
             datasets.MNIST(tmp, train=True, download=True)

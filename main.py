@@ -39,15 +39,14 @@ def main(config):
                         "on the PATH: install one, or leave --compile off")
 
     if not config.is_train:
-        test_loader = data_loader.get_test_loader(config, device, config.batch_size)
-        test_loader.batch_size = eval_batch_size(config, test_loader.image_shape)
+        test_loader = data_loader.get_test_loader(config, device, eval_batch_size(config))
         Trainer(config, device, test_loader=test_loader).test()
         return
 
     if not config.resume:
         refuse_to_overwrite(config)
-    train_loader, valid_loader = data_loader.get_train_valid_loader(config, device)
-    valid_loader.batch_size = eval_batch_size(config, valid_loader.image_shape)
+    train_loader, valid_loader = data_loader.get_train_valid_loader(config, device,
+                                                                    eval_batch_size(config))
     if config.overwrite:  # the old run's glimpses go with it
         for p in glob.glob(os.path.join(plot_dir, "[gl]_*.p")):
             os.remove(p)
@@ -112,14 +111,10 @@ def on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def eval_batch_size(config, image_shape):
+def eval_batch_size(config):
     """Images per validation/test batch: each is run M times, and large batches are cheap
-    without autograd, so aim at about 4096 rows, fewer where the padded images of those rows
-    would pass 256 MB (on a 100x100 canvas with a 96x96 outer patch, 1,700 rows)."""
-    C, H, W = image_shape
-    n = config.patch_size * config.glimpse_scale ** (config.num_patches - 1)
-    rows = min(4096, 256 * 2**20 // (4 * C * (H + n) * (W + n)))
-    return max(config.batch_size, rows // config.M, 1)
+    without autograd, so aim at about 4096 rows (the M copies share one padded image)."""
+    return max(config.batch_size, 4096 // config.M)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class Padded(NamedTuple):
-    """Images made ready for every glimpse of a rollout (Retina.prepare)."""
-    flat: torch.Tensor  # (B, C, Hp * Wp): zero-padded, rows flattened
-    size: torch.Tensor  # (2,) float: (W, H), in the order of l's (x, y)
-    limit: torch.Tensor  # (2,) long: (W, H)
-    stride: torch.Tensor  # (2,) long: (1, Wp), a pixel's step in flat along x and y
-    offsets: list  # per scale, (n * n,) long: the patch's pixels around its centre in flat
+class Scale(NamedTuple):
+    """One scale of the images, made ready for every glimpse of a rollout (Retina.prepare)."""
+    flat: torch.Tensor  # (B, C, rows * cols): the zero-padded images (pre-pooled or not)
+    stride: torch.Tensor  # (2,) long: (1, cols), a pixel's step in flat along x and y
+    offsets: torch.Tensor  # the patch's pixels in flat, relative to its centre's
+    pool: int  # the factor to average-pool the fetched pixels by (1: none, or pre-pooled)
 
 
 class Retina:
@@ -27,7 +26,10 @@ class Retina:
     Exactly the seed's sensor (centre c = floor((l + 1) / 2 * size), top-left corner c - n // 2,
     zeros outside the image) but with no Python loop over the batch: the images are zero-padded
     once per rollout, and each scale's pixels, for every image, are fetched by one `gather`
-    with precomputed offsets; the wider patches are then average-pooled as in the seed.
+    with precomputed offsets. A wider patch of side n = g * f is then average-pooled by f as
+    in the seed; or, when each image is looked at many times (M copies in evaluation), the
+    padded image is pooled once with stride 1, and only the g x g pooled pixels are fetched,
+    every f-th: the same windows, summed by the same kernel, so the same floats.
     """
 
     def __init__(self, g, k, s):
@@ -37,22 +39,24 @@ class Retina:
         n = self.sizes[-1]
         self.pad = (n // 2, n - n // 2)  # (before, after): the least that holds every patch
 
-    def prepare(self, x):
-        """Pads x (B, C, H, W) once: the Padded result serves every glimpse of x."""
+    def prepare(self, x, prepool=False):
+        """Pads x (B, C, H, W) once: the result serves every glimpse of x. prepool: pool the
+        wider scales now (worth it when an image gets many more glimpses than T)."""
         B, C, H, W = x.shape
         lo, hi = self.pad
+        padded = F.pad(x, (lo, hi, lo, hi))
         limit = torch.tensor([W, H], device=x.device)
-        return Padded(F.pad(x, (lo, hi, lo, hi)).flatten(2), limit.to(x.dtype), limit,
-                      torch.tensor([1, W + lo + hi], device=x.device),
-                      self._patch_offsets(W, x.device))
-
-    def _patch_offsets(self, W, device):
-        """For each scale, the flat offset of each patch pixel in the padded image when the
-        centre is at pixel (0, 0). Made per rollout (three small ops a scale), not cached: a
-        cache filled while torch.compile traces would make it compile everything twice."""
-        lo, Wp = self.pad[0], W + sum(self.pad)
-        rows = (torch.arange(lo - n // 2, lo - n // 2 + n, device=device) for n in self.sizes)
-        return [(r[:, None] * Wp + r).flatten() for r in rows]
+        scales = []
+        for n in self.sizes:
+            # offsets are made per rollout (three small ops a scale), not cached: a cache
+            # filled while torch.compile traces would make it compile everything twice
+            f = n // self.g if prepool else 1
+            img = F.avg_pool2d(padded, f, stride=1) if f > 1 else padded
+            cols = img.shape[-1]
+            r = torch.arange(lo - n // 2, lo - n // 2 + n, f, device=x.device)
+            scales.append(Scale(img.flatten(2), torch.tensor([1, cols], device=x.device),
+                                (r[:, None] * cols + r).flatten(), n // self.g // f))
+        return limit.to(x.dtype), limit, scales
 
     @staticmethod
     def centre(l, size, limit):
@@ -64,24 +68,35 @@ class Retina:
         return torch.minimum(c.clamp_(min=0), limit)
 
     def glimpse(self, prepared, l):
-        """phi (B, k*C*g*g) at l (B, 2) from prepare()'s Padded images."""
-        flat = prepared.flat
-        B, C, _ = flat.shape
-        c = self.centre(l, prepared.size, prepared.limit)
-        start = (c * prepared.stride).sum(1, keepdim=True)  # (B, 1), in flat
+        """phi (N, k*C*g*g) at l (N, 2) from prepare()'s images (B of them): row r looks at
+        image r % B, so N = M * B rows are M copies of each image, as x.repeat(M) would
+        give, without M copies of the padded images in memory."""
+        size, limit, scales = prepared
+        B, C, _ = scales[0].flat.shape
+        N = len(l)
+        c = self.centre(l, size, limit)
+        copy = (torch.arange(N, device=l.device) % B).unsqueeze(1) if N != B else None
         phi = []
-        for n, base in zip(self.sizes, prepared.offsets):
-            idx = (base + start).unsqueeze(1).expand(B, C, n * n)
-            patch = flat.gather(2, idx)
-            if n > self.g:
-                patch = F.avg_pool2d(patch.view(B, C, n, n), n // self.g)
-            phi.append(patch.reshape(B, C * self.g * self.g))
+        for flat, stride, offsets, pool in scales:
+            P = flat.shape[-1]
+            idx = offsets + (c * stride).sum(1, keepdim=True)  # (N, pixels), in an image's flat
+            if copy is None:
+                patch = flat.gather(2, idx.unsqueeze(1).expand(B, C, -1))
+            else:  # rows past the B images: fetch from image r % B, channel by channel
+                idx = (idx + copy * (C * P)).unsqueeze(1) + torch.arange(
+                    C, device=l.device).view(1, C, 1) * P
+                patch = flat.reshape(1, 1, -1).expand(N, 1, -1).gather(2, idx.view(N, 1, -1))
+            n = self.g * pool
+            patch = patch.view(N, C, n, n)
+            if pool > 1:
+                patch = F.avg_pool2d(patch, pool)
+            phi.append(patch.reshape(N, C * self.g * self.g))
         # the scales stacked along channels, as the seed does
         return torch.cat(phi, 1) if self.k > 1 else phi[0]
 
-    def foveate(self, x, l):
-        """phi (B, k*C*g*g) for images x (B, C, H, W) at locations l (B, 2)."""
-        return self.glimpse(self.prepare(x), l)
+    def foveate(self, x, l, prepool=False):
+        """phi (N, k*C*g*g) for images x (B, C, H, W) at locations l (N, 2)."""
+        return self.glimpse(self.prepare(x, prepool), l)
 
 
 class GlimpseNetwork(nn.Module):

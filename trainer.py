@@ -70,9 +70,7 @@ class Trainer:
         M > 1 on M copies of each image, outputs averaged over the copies as in the seed
         (log-probabilities, log pi and baselines alike)."""
         B = x.shape[0]
-        if M > 1:
-            x = x.repeat(M, 1, 1, 1)
-        out = self.model(x, self.initial_location(len(x)), self.num_glimpses)
+        out = self.model(x, self.initial_location(M * B), self.num_glimpses)
         if M > 1:
             out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
         return out, loss_terms(out, y)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GlimpseLoop, RecurrentAttention, Rollout, loss_terms
+from model import GlimpseLoop, RecurrentAttention, Rollout, glimpse_loop, loss_terms
 from modules import LocationNetwork
 
 SEED_KEYS = [f"{m}.{p}" for m in ("sensor.fc1", "sensor.fc2", "sensor.fc3", "sensor.fc4",
@@ -133,6 +133,37 @@ def test_bptt_equals_autograd_in_float64(T):
     assert len(names) == len(got) == 12
     for n, a, b in zip(names, got, expected):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=n)
+    # and against the networks' own per_step code under autograd (what --autograd=True
+    # runs): an edited per_step whose derivative was not updated fails here
+    h, _, _, _, _ = glimpse_loop(model, model.sensor.retina.prepare(x), l_0, eps)
+    expected = torch.autograd.grad((h * c).sum(), model.trunk_parameters(), allow_unused=True)
+    expected = [torch.zeros_like(p) if e is None else e  # T = 1: h2h never multiplies h_0 = 0
+                for e, p in zip(expected, model.trunk_parameters())]
+    for n, a, b in zip(names, got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_autograd_switch_trains_the_same_model(monkeypatch):
+    """--autograd=True: the same rollout and the same gradients (up to float summation order)
+    as the written-out backward, without GlimpseLoop."""
+    results = []
+    apply = GlimpseLoop.apply
+    for autograd in (False, True):
+        used = []
+        monkeypatch.setattr(GlimpseLoop, "apply", lambda *a: used.append(1) or apply(*a))
+        torch.manual_seed(12)
+        model = RecurrentAttention(g=6, k=2, s=2, autograd=autograd)
+        x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+        out = model(x, torch.rand(6, 2) * 2 - 1, 4)
+        loss = loss_terms(out, y).total
+        assert used == ([] if autograd else [1])
+        loss.backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = results
+    for name, u, v in zip(Rollout._fields, a, b):
+        torch.testing.assert_close(u, v, msg=name)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], msg=n)
 
 
 def test_log_prob_is_the_gaussian_density():
@@ -223,3 +254,20 @@ def test_compiled_rollout_matches_eager(monkeypatch):
     for n in eager_grads:
         torch.testing.assert_close(compiled_grads[n], eager_grads[n], rtol=1e-4, atol=1e-5,
                                    msg=n)
+
+
+def test_adam_falls_back_where_fused_is_missing(monkeypatch):
+    """Fused Adam on CPU needs torch 2.4; an older torch raises RuntimeError for fused=True."""
+    from trainer import adam
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert adam(params, 1e-3, torch.device("cpu")).defaults["fused"]
+    real = torch.optim.Adam
+
+    def old_adam(p, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be CUDA tensors")
+        return real(p, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", old_adam)
+    opt = adam(iter(params), 1e-3, torch.device("cpu"))  # a generator, as parameters() is
+    assert not opt.defaults["fused"] and opt.param_groups[0]["params"] == params

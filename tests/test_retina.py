@@ -71,3 +71,20 @@ def test_retina_reuses_padding_across_glimpses():
     prepared = retina.prepare(x)
     for l in (torch.zeros(5, 2), torch.rand(5, 2) * 2 - 1):
         assert torch.equal(retina.glimpse(prepared, l), retina.foveate(x, l))
+
+
+@pytest.mark.parametrize("g,k,s,C", [(12, 4, 2, 1), (5, 3, 2, 3), (3, 2, 3, 2), (8, 1, 2, 1)])
+def test_copies_and_prepooling_give_the_same_floats(g, k, s, C):
+    """M rows per image (evaluation) fetch from one padded image, and pre-pooled scales
+    (stride-1 pooling, every f-th pixel) are the seed's pooled patches, bit for bit."""
+    gen = torch.Generator().manual_seed(g + k + s + C)
+    B, M = 6, 3
+    x = torch.randn(B, C, 31, 26, generator=gen)
+    l = torch.cat([torch.tensor(CORNERS[:M * B], dtype=torch.float32),
+                   torch.rand(max(0, M * B - len(CORNERS)), 2, generator=gen) * 2 - 1])
+    retina = Retina(g, k, s)
+    expected = retina.foveate(x.repeat(M, 1, 1, 1), l)  # one padded copy per row
+    torch.testing.assert_close(expected, reference_phi(x.repeat(M, 1, 1, 1), l, g, k, s),
+                               rtol=1e-6, atol=1e-6)
+    for prepool in (False, True):
+        assert torch.equal(retina.foveate(x, l, prepool), expected), prepool
