@@ -51,9 +51,12 @@ class Trainer:
             sum(p.numel() for p in self.model.parameters())))
 
         self.optimizer = adam(self.model.parameters(), config.init_lr, device)
-        # validation accuracy should go up: the seed steps on its negative with mode "min"
+        # validation accuracy should go up: the seed steps on its negative with mode "min";
+        # an absolute threshold of 0 makes "better" strictly higher, as for the best model
+        # (the default relative one, on a negative number, took an equal accuracy as better)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, "min", patience=config.lr_patience)
+            self.optimizer, "min", patience=config.lr_patience, threshold=0,
+            threshold_mode="abs")
         # -inf, not the seed's 0: a first epoch at 0% must still leave a best checkpoint
         self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
         self.writer = None

@@ -219,21 +219,48 @@ def test_ctrl_c_stops_cleanly(workdir, sig, code):
     assert ckpt["epoch"] == epoch
 
 
+def saved_epoch(path):
+    """The epoch in the checkpoint at path, 0 while there is none or it cannot be read."""
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:
+        return 0
+
+
+def files_state(folder):
+    return {e.name: (e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)}
+
+
 def test_kill_9_never_leaves_a_broken_checkpoint(workdir):
-    """kill -9 at many moments of training; the checkpoint always loads, whole."""
-    path = workdir / "ckpt" / f"{NAME}_ckpt.pth.tar"
+    """kill -9 while checkpoints are being written: each run waits for its first save (past
+    start-up), then for the next save to begin (a file in ckpt/ appears or changes), and
+    is killed 0 to 40 ms into it; every checkpoint file left loads, whole. A big model makes
+    a save (2 x 37 MB on a new best) long enough to be hit."""
+    big = ("--glimpse_hidden=512", "--loc_hidden=512", "--hidden_size=1024", "--plot_freq=0")
+    ckpt_dir = workdir / "ckpt"
+    path = ckpt_dir / f"{NAME}_h512-512_ckpt.pth.tar"
     epochs = []
-    for delay in (0.0, 0.05, 0.11, 0.17, 0.23, 0.31):
-        proc = start_training(workdir, "--epochs=1000", "--resume=True" if epochs else
-                              "--resume=False", *TINY)
-        wait_for(path, proc)
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04):
+        proc = start_training(workdir, "--epochs=1000", f"--resume={bool(epochs)}", *big,
+                              *TINY)
+        end = time.time() + 120
+        while saved_epoch(path) <= (epochs[-1] if epochs else 0):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < end, "no new checkpoint appeared"
+            time.sleep(0.01)
+        state = files_state(ckpt_dir)
+        while files_state(ckpt_dir) == state:  # until the next save begins
+            assert proc.poll() is None and time.time() < end
+            time.sleep(0.001)
         time.sleep(delay)
         proc.kill()
         proc.communicate()
-        ckpt = torch.load(path, weights_only=True)  # raises if half-written
-        assert set(ckpt["model_state"]) and ckpt["epoch"] >= 1
-        epochs.append(ckpt["epoch"])
-    assert epochs == sorted(epochs)
+        for f in os.listdir(ckpt_dir):
+            if f.endswith(".pth.tar"):  # raises if half-written
+                ckpt = torch.load(ckpt_dir / f, weights_only=True)
+                assert set(ckpt["model_state"]) and ckpt["epoch"] >= 1, f
+        epochs.append(torch.load(path, weights_only=True)["epoch"])
+    assert epochs == sorted(epochs) and epochs[-1] >= len(epochs)
 
 
 @contextlib.contextmanager
@@ -335,3 +362,55 @@ def test_an_interrupted_epoch_leaves_no_pickles(workdir, monkeypatch):
         trainer.train()
     assert sorted(os.listdir(trainer.plot_dir)) == ["g_1.p", "l_1.p", "params.json"]
     assert trainer.saved_epoch() == 1
+
+
+@pytest.mark.parametrize("flags,code", [(["--batch_size=ten"], 2), (["--epoch=3"], 2),
+                                        (["--init_loc=corner"], 2), (["--std=0"], 1),
+                                        (["--dataset=mnist", "--canvas_size=60"], 1)])
+def test_exit_codes(workdir, flags, code):
+    """2 for what argparse rejects (as argparse documents), 1 for the values main checks."""
+    proc = run_main(workdir, *flags, *TINY, check=False)
+    assert proc.returncode == code, proc.stderr
+
+
+def test_resuming_past_epochs_is_refused(trained):
+    before = snapshot(trained / "ckpt")
+    proc = run_main(trained, "--resume=True", "--epochs=1", *TINY, check=False)
+    assert_user_error(proc, "the checkpoint has 1 epochs", "--epochs=1 is the total")
+    assert snapshot(trained / "ckpt") == before
+
+
+def test_not_a_ram_checkpoint(workdir):
+    (workdir / "ckpt").mkdir()
+    torch.save({"state_dict": {}}, workdir / "ckpt" / f"{NAME}_model_best.pth.tar")
+    proc = run_main(workdir, "--is_train=False", *TINY, check=False)
+    assert_user_error(proc, "is not a RAM checkpoint: it has no epoch, model_state, "
+                            "best_valid_acc")
+
+
+def test_seed_checkpoint_settings_come_from_the_json_beside_it(trained, tmp_path):
+    """The seed kept its settings in <name>_params.json only: a checkpoint without params is
+    checked against that json."""
+    import json
+    ckpt = torch.load(trained / "ckpt" / f"{NAME}_model_best.pth.tar", weights_only=True)
+    seed_dir = tmp_path / "seed"
+    seed_dir.mkdir()
+    torch.save({k: ckpt[k] for k in ("epoch", "model_state", "optim_state", "best_valid_acc")},
+               seed_dir / f"{NAME}_model_best.pth.tar")
+    params = dict(ckpt["params"], num_glimpses=7)
+    (seed_dir / f"{NAME}_params.json").write_text(json.dumps(params))
+    proc = run_main(trained, "--is_train=False", f"--ckpt_dir={seed_dir}", *TINY, check=False)
+    assert_user_error(proc, "--num_glimpses=7 (given 6)")
+
+
+def test_best_false_tests_the_latest_checkpoint(trained, tmp_path):
+    ckpt_dir = tmp_path / "two"
+    ckpt_dir.mkdir()
+    ckpt = torch.load(trained / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
+    torch.save(ckpt, ckpt_dir / f"{NAME}_model_best.pth.tar")
+    torch.save(dict(ckpt, epoch=5), ckpt_dir / f"{NAME}_ckpt.pth.tar")
+    for flags, loaded in ((["--best=False"], "_ckpt.pth.tar checkpoint @ epoch 5"),
+                          ([], "_model_best.pth.tar checkpoint @ epoch 1")):
+        out = run_main(trained, "--is_train=False", f"--ckpt_dir={ckpt_dir}", *flags,
+                       *TINY).stdout
+        assert f"Loaded {NAME}{loaded}" in out

@@ -19,18 +19,6 @@ def test_seed_parameter_count_and_names():
     assert list(model.state_dict()) == SEED_KEYS
 
 
-def test_rollout_shapes_and_locations():
-    torch.manual_seed(0)
-    model = RecurrentAttention(g=8, k=2, s=2)
-    x, l_0 = torch.randn(5, 1, 28, 28), torch.rand(5, 2) * 2 - 1
-    out = model(x, l_0, 4)
-    assert out.log_probas.shape == (5, 10) and out.log_pi.shape == (5, 4)
-    assert out.b.shape == (5, 4) and out.locs.shape == (5, 4, 2)
-    assert torch.equal(out.locs[:, 0], l_0)  # the first glimpse is taken at l_0
-    assert out.locs.abs().max() <= 1
-    torch.testing.assert_close(out.log_probas.exp().sum(1), torch.ones(5))
-
-
 def plain_rollout(model, x, l_0, T, eps):
     """The paper's equations, one glimpse after another, in one autograd graph: the Rollout
     and h_1..h_T (B, T, hidden)."""
@@ -50,15 +38,23 @@ def plain_rollout(model, x, l_0, T, eps):
                    torch.stack(b, 1), torch.stack(locs, 1)), torch.stack(hs, 1)
 
 
-def test_forward_equals_plain_equations():
-    """The batched model gives what the plain loop of the paper's equations gives."""
+@pytest.mark.parametrize("std", [0.2, 1.5])
+def test_forward_equals_plain_equations(std):
+    """The batched model gives what the plain loop of the paper's equations gives. With a wide
+    policy (std 1.5) most samples fall outside [-1, 1]: the glimpse is taken at the clamped
+    location and log pi is of the raw sample, as in the seed."""
     torch.manual_seed(1)
-    model = RecurrentAttention(g=8, k=1, s=2, std=0.2)
-    x, l_0 = torch.randn(3, 1, 28, 28), torch.tensor([[0.1, -0.4], [1.0, 1.0], [-1.0, 0.3]])
+    model = RecurrentAttention(g=8, k=2, s=2, std=std)
+    x, l_0 = torch.randn(9, 1, 28, 28), torch.tensor([[0.1, -0.4], [1.0, 1.0], [-1.0, 0.3]] * 3)
     torch.manual_seed(7)
-    out = model(x, l_0, 2)
+    out = model(x, l_0, 4)
     torch.manual_seed(7)
-    expected, _ = plain_rollout(model, x, l_0, 2, torch.randn(2, 3, 2))
+    expected, _ = plain_rollout(model, x, l_0, 4, torch.randn(4, 9, 2))
+    assert out.log_probas.shape == (9, 10) and out.log_pi.shape == out.b.shape == (9, 4)
+    assert torch.equal(out.locs[:, 0], l_0)  # the first glimpse is taken at l_0
+    assert out.locs.abs().max() <= 1
+    if std > 1:
+        assert (out.locs[:, 1:].abs() == 1).float().mean() > 0.3  # clamping happened
     for name, a, b in zip(Rollout._fields, out, expected):
         torch.testing.assert_close(a, b, msg=name)
 

@@ -1,0 +1,87 @@
+"""The training loop's decisions (LR schedule, early stopping, Monte-Carlo averaging) against
+what they should be, and a short run that must learn."""
+import re
+
+import pytest
+import torch
+
+import config
+import data_loader
+from conftest import make_mnist, run_main
+from model import Rollout
+from trainer import Trainer
+
+
+@pytest.fixture
+def trainer(tmp_path, monkeypatch):
+    """A Trainer on tiny data whose epochs are replaced by fakes (see scripted)."""
+    make_mnist(str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+
+    def make(*flags):
+        cfg = config.get_config(["--plot_freq=0", "--batch_size=16", *flags])
+        config.check(cfg)
+        import utils
+        utils.prepare_dirs(cfg.ckpt_dir)
+        return Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    return make
+
+
+def scripted(trainer, accuracies):
+    """Each epoch trains nothing and validates at the next of accuracies; returns the LR seen
+    at the start of each epoch."""
+    accs, lrs = iter(accuracies), []
+
+    def train_one_epoch(epoch):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return 1.0, 50.0
+
+    trainer.train_one_epoch = train_one_epoch
+    trainer.evaluate = lambda loader: (1.0, next(accs), 0)
+    trainer.train()
+    return lrs
+
+
+def test_lr_is_cut_only_when_validation_stops_improving(trainer):
+    t = trainer("--lr_patience=1", "--epochs=7")
+    lrs = scripted(t, [10, 20, 30, 40, 40, 40, 40])
+    # improving: 3e-4 throughout; then 40 twice more without improvement -> cut by 10
+    assert lrs[:5] == [3e-4] * 5
+    assert lrs[6] == pytest.approx(3e-5)
+
+
+def test_early_stop_after_train_patience_epochs_without_improvement(trainer):
+    t = trainer("--train_patience=2", "--epochs=20")
+    lrs = scripted(t, [50, 40, 40, 40, 40, 40, 40, 40])
+    # the seed's rule: stop once the counter exceeds the patience -> 3 epochs after the best
+    assert len(lrs) == 4 and t.counter == 3
+
+
+def test_validation_averages_the_m_copies_of_each_image(trainer):
+    """rollout(M) averages the M copies of each image (rows b, B + b, 2B + b, ...), not
+    neighbouring images."""
+    t = trainer("--M=3", "--num_glimpses=2")
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out, losses = t.rollout(x, y, 3)
+    torch.manual_seed(3)
+    l_0 = torch.empty(12, 2).uniform_(-1, 1)  # as initial_location draws
+    with torch.no_grad():
+        rows = t.model(x.repeat(3, 1, 1, 1), l_0, 2)
+    for name, got, all_rows in zip(Rollout._fields, out, rows):
+        expected = torch.stack([sum(all_rows[m * 4 + b] for m in range(3)) / 3
+                                for b in range(4)])
+        torch.testing.assert_close(got, expected, msg=name)
+    assert torch.equal(losses.R, (out.log_probas.argmax(1) == y).float())
+
+
+def test_a_short_run_learns(tmp_path):
+    """On the tiny data (a bright square whose place is the class), 10 epochs with a glimpse
+    wide enough to see it reach far above chance (10%); a broken loss stays near chance."""
+    make_mnist(str(tmp_path / "data"), n_train=300, n_test=100)
+    flags = ["--batch_size=16", "--M=2", "--num_patches=3", "--num_glimpses=2", "--plot_freq=0"]
+    run_main(tmp_path, "--epochs=10", "--init_lr=3e-3", "--valid_size=0.2", *flags)
+    out = run_main(tmp_path, "--is_train=False", *flags).stdout
+    correct = int(re.search(r"Test Acc: (\d+)/100", out).group(1))
+    assert correct >= 60, out
