@@ -3,6 +3,7 @@ seed's published run (ram_6_8x8_2). A typo or a bad value is one error line, not
 import argparse
 import difflib
 import math
+import os
 import sys
 
 from utils import UserError
@@ -20,7 +21,8 @@ class Parser(argparse.ArgumentParser):
             close = [m for t in typos for m in difflib.get_close_matches(t, flags, 1)]
             if close:
                 message += f"; did you mean {', '.join(close)}?"
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
+            sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
 
 
@@ -101,7 +103,8 @@ data_arg.add_argument("--clutter_size", type=int, default=None,
 data_arg.add_argument("--valid_size", type=float, default=0.1,
                       help="Proportion of training set used for validation")
 data_arg.add_argument("--batch_size", type=int, default=32,
-                      help="# of images in each batch of data")
+                      help="# of images in each batch of data, per process under torchrun "
+                           "(the effective batch is nproc x batch_size)")
 data_arg.add_argument("--num_workers", type=int, default=4,
                       help="# of loader subprocesses for datasets decoded per image "
                            "(MNIST is decoded once into memory and needs none)")

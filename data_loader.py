@@ -47,7 +47,8 @@ class Batches:
     """(x, y) batches: x float (b, C, H, W) normalised, y long (b,), over images[indices].
 
     Reshuffled each epoch when shuffle is set; the order of epoch e depends on (seed, e) alone,
-    so a resumed run sees the same batches as an uninterrupted one with no sampler state."""
+    so a resumed run sees the same batches as an uninterrupted one with no sampler state.
+    Under torchrun each process serves its shard (shard())."""
 
     def __init__(self, images, labels, indices, batch_size, shuffle=False, seed=0,
                  normalisation=(0.0, 1.0)):
@@ -57,6 +58,14 @@ class Batches:
         self.normalisation = normalisation
         self.num_classes = 10
         self.epoch = 0
+        self.rank, self.world, self.pad = 0, 1, False
+
+    def shard(self, rank, world, pad):
+        """Serve only process rank's share of world, as DistributedSampler does: the epoch's
+        order (the same on every process), strided. pad (training): the order wraps around to
+        a multiple of world, so that every process runs the same number of batches (a few
+        images twice an epoch); without (evaluation): every image exactly once."""
+        self.rank, self.world, self.pad = rank, world, pad
 
     @property
     def num_samples(self):
@@ -70,14 +79,24 @@ class Batches:
     def set_epoch(self, epoch):
         self.epoch = epoch
 
+    @property
+    def local_samples(self):
+        """How many images this process serves an epoch."""
+        n = self.num_samples
+        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
+
     def __len__(self):
-        return -(-self.num_samples // self.batch_size)
+        return -(-self.local_samples // self.batch_size)
 
     def __iter__(self):
         order = torch.arange(self.num_samples, device=self.indices.device)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(len(order), generator=g).to(order.device)
+        if self.world > 1:
+            if self.pad:
+                order = torch.cat([order, order[:-len(order) % self.world]])
+            order = order[self.rank::self.world]
         mean, std = self.normalisation
         for i in range(0, len(order), self.batch_size):
             p = order[i:i + self.batch_size]  # positions in the split

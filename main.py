@@ -10,6 +10,7 @@ Every flag: python main.py --help. A mistake (flag, file, checkpoint) ends with 
 stderr and exit code 1 (2 for a flag argparse rejects); Ctrl-C (or SIGTERM) stops training at
 once, saying which epoch is saved, with exit code 130 (143).
 """
+import contextlib
 import glob
 import os
 import random
@@ -28,7 +29,7 @@ from utils import UserError
 
 
 def main(config):
-    device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
+    device = start(config)
     torch.manual_seed(config.random_seed)  # seeds CUDA too
     random.seed(config.random_seed)
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
@@ -49,11 +50,12 @@ def main(config):
                                                                     eval_batch_size(config))
     if config.overwrite:  # the old run's glimpses go with it
         for p in glob.glob(os.path.join(plot_dir, "[gl]_*.p")):
-            os.remove(p)
+            with contextlib.suppress(FileNotFoundError):  # another process's already
+                os.remove(p)
     dirs = [config.ckpt_dir] + ([plot_dir] if config.plot_freq or config.show_sample else []) \
         + ([config.logs_dir] if config.use_tensorboard else [])
     utils.prepare_dirs(*dirs)
-    if config.show_sample:
+    if config.show_sample and MASTER:
         x, y = next(iter(train_loader))
         mean, std = train_loader.normalisation
         path = os.path.join(plot_dir, "sample.png")
@@ -66,8 +68,23 @@ def main(config):
         saved = trainer.saved_epoch()
         where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume "
                  f"with {resume_command()}" if saved else "no epoch had been saved yet")
-        print(f"\n[!] Interrupted: {where}", file=sys.stderr)
+        say(f"\n[!] Interrupted: {where}")
         sys.exit(128 + stopped_by)
+
+
+def start(config):
+    """The device. Under torchrun (RANK set), also the process group, as nanoGPT's train.py:
+    NCCL with each process on cuda:LOCAL_RANK, or gloo on CPU."""
+    cuda = config.use_gpu and torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return torch.device("cuda" if cuda else "cpu")
+    if config.compile:
+        raise UserError("--compile=True does not run under torchrun yet: leave it off there")
+    device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return device
 
 
 def refuse_to_overwrite(config):
@@ -98,10 +115,23 @@ def resume_command():
             skip = "=" not in a
         else:
             args.append(a)
-    return shlex.join(["python", "main.py", *args, "--resume=True"])
+    launch = "python"
+    if "RANK" in os.environ:  # torchrun's own flags are not ours to see, but on one node
+        nproc = os.environ["LOCAL_WORLD_SIZE"]
+        launch = f"torchrun --standalone --nproc_per_node={nproc}" if nproc == \
+            os.environ["WORLD_SIZE"] else "torchrun (its flags as before)"
+    return f"{launch} {shlex.join(['main.py', *args, '--resume=True'])}"
 
 
 stopped_by = signal.SIGINT
+
+
+MASTER = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
+
+
+def say(message):
+    if MASTER:
+        print(message, file=sys.stderr)
 
 
 def on_sigterm(signum, frame):
@@ -119,13 +149,18 @@ def eval_batch_size(config):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, on_sigterm)
+    if not MASTER:
+        sys.stdout = open(os.devnull, "w")
     config = get_config()
     try:
         check(config)
         main(config)
     except UserError as e:
-        print(f"main.py: error: {e}", file=sys.stderr)
+        say(f"main.py: error: {e}")
         sys.exit(1)
     except KeyboardInterrupt:  # before training started: nothing to save
-        print("\n[!] Interrupted", file=sys.stderr)
+        say("\n[!] Interrupted")
         sys.exit(128 + stopped_by)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -39,14 +39,16 @@ class RecurrentAttention(nn.Module):
         self.classifier = ActionNetwork(hidden_size, num_classes)
         self.baseliner = BaselineNetwork(hidden_size, 1)
 
-    def forward(self, x, l_0, num_glimpses):
+    def forward(self, x, l_0, num_glimpses, eps=None):
         """Runs T = num_glimpses glimpses on x (B, C, H, W) from l_0 (N, 2), N = M * B: row r
         of the outputs is a rollout on image r % B (as on x.repeat(M, 1, 1, 1)).
 
         As in the paper (and the seed), the policy also picks a location after the last
         glimpse; that l_T is never looked at but its log pi and b_T enter the loss.
+        eps (T, N, 2): the policy's standard normal noise, drawn here when not given.
         """
-        eps = torch.randn(num_glimpses, len(l_0), 2, device=x.device, dtype=x.dtype)
+        if eps is None:
+            eps = torch.randn(num_glimpses, len(l_0), 2, device=x.device, dtype=x.dtype)
         # pad once, not once per glimpse; pre-pool where each image has M copies
         prepared = self.sensor.retina.prepare(x, prepool=len(l_0) > len(x))
         if torch.is_grad_enabled() and not self.autograd:

@@ -37,6 +37,12 @@ class Trainer:
                                                                   test_loader)
         data = train_loader or test_loader  # what the trainer knows of the dataset: its loaders
         channels, num_classes = data.image_shape[0], data.num_classes
+        # under torchrun: each process its shard; rank 0 alone prints and writes
+        self.rank, self.world = utils.world()
+        self.master = self.rank == 0
+        for loader in (train_loader, valid_loader, test_loader):
+            if loader is not None:
+                loader.shard(self.rank, self.world, pad=loader is train_loader)
         self.num_glimpses, self.M = config.num_glimpses, config.M
         self.model_name = utils.model_name(config)
         self.plot_dir = os.path.join(config.plot_dir, self.model_name)
@@ -45,6 +51,12 @@ class Trainer:
             config.patch_size, config.num_patches, config.glimpse_scale, channels,
             config.glimpse_hidden, config.loc_hidden, config.std, config.hidden_size,
             num_classes, autograd=config.autograd).to(device)
+        if self.rank:  # the same initial weights everywhere, then noise of its own
+            torch.manual_seed(config.random_seed + 7919 * self.rank)
+        self.net = self.model  # what training runs: DDP's wrapper under torchrun
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None)
         # --compile: the rollout and the loss as one compiled function (forward and backward)
         self.run = compiled(self.rollout, device) if config.compile else self.rollout
         print("[*] Number of model parameters: {:,}".format(
@@ -73,7 +85,8 @@ class Trainer:
         M > 1 on M copies of each image, outputs averaged over the copies as in the seed
         (log-probabilities, log pi and baselines alike)."""
         B = x.shape[0]
-        out = self.model(x, self.initial_location(M * B), self.num_glimpses)
+        net = self.net if torch.is_grad_enabled() else self.model  # DDP only where it syncs
+        out = net(x, self.initial_location(M * B), self.num_glimpses)
         if M > 1:
             out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
         return out, loss_terms(out, y)
@@ -85,10 +98,15 @@ class Trainer:
             if self.start_epoch >= self.config.epochs:
                 raise UserError(f"the checkpoint has {self.start_epoch} epochs and --epochs="
                                 f"{self.config.epochs} is the total: pass a larger --epochs")
-        utils.save_config(self.config)
-        if self.config.use_tensorboard:
+        if self.master:
+            utils.save_config(self.config)
+        if self.config.use_tensorboard and self.master:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.config.logs_dir, self.model_name))
+        if self.world > 1:
+            print(f"[*] Training data-parallel on {self.world} processes ({utils.backend()}): "
+                  f"{self.config.batch_size} images a batch each, "
+                  f"{self.world * self.config.batch_size} in all")
         print("\n[*] Train on {} samples, validate on {} samples".format(
             self.train_loader.num_samples, self.valid_loader.num_samples))
 
@@ -126,7 +144,7 @@ class Trainer:
         plot = self.config.plot_freq > 0 and epoch % self.config.plot_freq == 0
         loss_sum = correct = seen = 0
         tic = time.time()
-        with tqdm(total=loader.num_samples, leave=False) as pbar:
+        with tqdm(total=loader.local_samples, leave=False, disable=not self.master) as pbar:
             for i, (x, y) in enumerate(loader):
                 out, losses = self.run(x, y)
                 loss = losses.total
@@ -141,14 +159,15 @@ class Trainer:
                 seen += len(y)
                 if plot and i == 0:
                     self.glimpses = (x[:9].cpu().numpy(), out.locs[:9].detach().cpu().numpy())
-                if (i + 1) % self.config.print_freq == 0 or seen == loader.num_samples:
+                if (i + 1) % self.config.print_freq == 0 or seen == loader.local_samples:
                     avg_loss, avg_acc = loss_sum.item() / seen, 100 * correct.item() / seen
                     pbar.set_description("{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
                         time.time() - tic, avg_loss, avg_acc))
                     pbar.update(seen - pbar.n)
-                    self.log(epoch * loader.num_samples + seen, train_loss=avg_loss,
-                             train_acc=avg_acc)
-        return loss_sum.item() / seen, 100 * correct.item() / seen
+                    self.log(epoch * loader.num_samples + seen * self.world,
+                             train_loss=avg_loss, train_acc=avg_acc)
+        loss_sum, correct, seen = utils.all_sum(loss_sum, correct, seen, device=self.device)
+        return loss_sum / seen, 100 * correct / seen
 
     def diverged(self, loss, epoch, i):
         saved = self.saved_epoch()
@@ -167,9 +186,9 @@ class Trainer:
             _, losses = self.run(x, y, self.M)
             loss_sum += losses.total * len(y)
             correct += losses.R.sum()
-        n = loader.num_samples
-        correct = int(correct.item())
-        return loss_sum.item() / n, 100 * correct / n, correct
+        loss_sum, correct = utils.all_sum(loss_sum, correct, device=self.device)
+        n, correct = loader.num_samples, int(correct)
+        return loss_sum / n, 100 * correct / n, correct
 
     def test(self):
         ckpt = self.load_checkpoint(best=self.config.best)
@@ -204,6 +223,7 @@ class Trainer:
         return os.path.join(self.config.ckpt_dir, self.model_name + suffix)
 
     def save_checkpoint(self, epoch, is_best):
+        states = utils.all_gather(utils.rng_state())  # every process's, for an exact resume
         state = {
             "epoch": epoch,
             "model_state": self.model.state_dict(),
@@ -211,11 +231,14 @@ class Trainer:
             "best_valid_acc": self.best_valid_acc,
             "scheduler_state": self.scheduler.state_dict(),
             "counter": self.counter,
-            "rng_state": utils.rng_state(),
+            "rng_state": states[0],
+            "rng_states": states,
             "params": vars(self.config),
             "data": {"normalisation": list(self.train_loader.normalisation),
                      "image_shape": list(self.train_loader.image_shape)},
         }
+        if not self.master:
+            return
         with utils.signals_held():  # Ctrl-C between the files would leave the best behind
             utils.save_torch(state, self.ckpt_path(best=False))
             if is_best:
@@ -251,8 +274,12 @@ class Trainer:
             if "scheduler_state" in ckpt:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])
             self.counter = ckpt.get("counter", 0)
-            if "rng_state" in ckpt:
-                utils.set_rng_state(ckpt["rng_state"])
+            states = ckpt.get("rng_states") or [ckpt.get("rng_state")]
+            if len(states) == self.world and states[0] is not None:
+                utils.set_rng_state(states[self.rank])
+            elif self.world > 1:  # another number of processes: a stream of its own each
+                utils.set_rng_state(states[0])
+                torch.manual_seed(self.config.random_seed + 7919 * self.rank + self.start_epoch)
         print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
             os.path.basename(path), ckpt["epoch"], ckpt["best_valid_acc"]))
         return ckpt

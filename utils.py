@@ -123,6 +123,36 @@ def plot_images(images, labels, path):
     plt.close(fig)
 
 
+def world():
+    """(rank, number of processes): (0, 1) unless torchrun started this process."""
+    import torch.distributed as dist
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def backend():
+    import torch.distributed as dist
+    return dist.get_backend()
+
+
+def all_sum(*values, device):
+    """Python numbers: the sums of these (numbers or 0-d tensors) over all processes."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    if world()[1] > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather(obj):
+    """[obj of each process], in rank order ([obj] in one process)."""
+    if world()[1] == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world()[1]
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def rng_state():
     """Every random stream the next epoch draws from, in a form torch.load(weights_only) takes."""
     np_state = np.random.get_state()
