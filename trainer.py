@@ -103,7 +103,7 @@ class Trainer:
         if self.config.use_tensorboard and self.master:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.config.logs_dir, self.model_name))
-        if self.world > 1:
+        if torch.distributed.is_initialized():  # under torchrun
             print(f"[*] Training data-parallel on {self.world} processes ({utils.backend()}): "
                   f"{self.config.batch_size} images a batch each, "
                   f"{self.world * self.config.batch_size} in all")

@@ -189,3 +189,36 @@ def test_every_rank_sees_the_same_validation(tmp_path):
     (r0, n0), (r1, n1) = run_two_ranks(tmp_path, functools.partial(shard_evaluation,
                                                                     str(tmp_path / "data")))
     assert r0 == r1 and n0 + n1 == 10  # the same figures everywhere, each image once
+
+
+# ------------------------------------------------------------------ on a GPU only
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@cuda
+def test_cuda_gradients_equal_cpu():
+    from model import RecurrentAttention, loss_terms
+    grads = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = RecurrentAttention(g=6, k=2, s=2).to(device)
+        x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+        l_0, eps = torch.rand(8, 2) * 2 - 1, torch.randn(4, 8, 2)
+        loss_terms(model(*(t.to(device) for t in (x, l_0)), 4, eps.to(device)),
+                   y.to(device)).total.backward()
+        grads.append({n: p.grad.cpu() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@cuda
+def test_cuda_checkpoint_tests_on_cpu(workdir):
+    run_main(workdir, "--epochs=1", *TINY)  # on the GPU
+    out = run_main(workdir, "--is_train=False", "--use_gpu=False", *TINY).stdout
+    assert re.search(r"Test Acc: \d+/40 ", out)
+
+
+@cuda
+def test_cuda_torchrun_with_nccl(workdir):
+    out = torchrun(workdir, "--epochs=1", *TINY, nproc=1).stdout
+    assert "data-parallel on 1 processes (nccl)" in out
