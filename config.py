@@ -78,6 +78,10 @@ core_arg.add_argument("--num_glimpses", type=int, default=6,
                       help="# of glimpses T, i.e. BPTT iterations")
 core_arg.add_argument("--hidden_size", type=int, default=256,
                       help="hidden size of rnn (= glimpse_hidden + loc_hidden)")
+core_arg.add_argument("--core", choices=("rnn", "lstm"), default="rnn",
+                      help="rnn: the paper's rectifier core for classification, h_t = "
+                           "relu(i2h(g_t) + h2h(h_{t-1})); lstm: an LSTM cell (slower: "
+                           "trained through autograd)")
 
 reinforce_arg = parser.add_argument_group("Reinforce Params")
 reinforce_arg.add_argument("--std", type=float, default=0.17,

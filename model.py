@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modules import (ActionNetwork, BaselineNetwork, CoreNetwork, GlimpseNetwork,
-                     LocationNetwork)
+                     LocationNetwork, LSTMCore)
 
 
 class Rollout(NamedTuple):
@@ -28,13 +28,14 @@ class RecurrentAttention(nn.Module):
     """
 
     def __init__(self, g=8, k=1, s=2, c=1, h_g=128, h_l=128, std=0.17, hidden_size=256,
-                 num_classes=10, autograd=False):
+                 num_classes=10, autograd=False, core="rnn"):
         super().__init__()
         self.std = std
-        self.autograd = autograd  # True: the glimpse loop under autograd, not GlimpseLoop
+        # True: the glimpse loop under autograd, not GlimpseLoop (which knows the rnn core only)
+        self.autograd = autograd or core != "rnn"
         self.hidden_size = hidden_size
         self.sensor = GlimpseNetwork(h_g, h_l, g, k, s, c)
-        self.rnn = CoreNetwork(h_g + h_l, hidden_size)
+        self.rnn = (CoreNetwork if core == "rnn" else LSTMCore)(h_g + h_l, hidden_size)
         self.locator = LocationNetwork(hidden_size, 2, std)
         self.classifier = ActionNetwork(hidden_size, num_classes)
         self.baseliner = BaselineNetwork(hidden_size, 1)

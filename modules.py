@@ -182,6 +182,26 @@ class CoreNetwork(nn.Module):
         return [dz.t() @ g, db, dW_h2h, db], dz @ self.i2h.weight
 
 
+class LSTMCore(nn.Module):
+    """The core as an LSTM (the paper's choice for its game; tfRAM's for classification):
+    h_t, c_t = LSTM(g_t, (h_{t-1}, c_{t-1})), h_0 = c_0 = 0. Trained through autograd: it has
+    no written-out derivative, so a model with it runs the glimpse loop under autograd."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+
+    def per_step(self):
+        """h_t(g_t, h_prev) for the T steps of a rollout; the cell state c_t lives here."""
+        c = None
+
+        def h_t(g_t, h_prev=None):
+            nonlocal c
+            h, c = self.cell(g_t, None if h_prev is None else (h_prev, c))
+            return h
+        return h_t
+
+
 class LocationNetwork(nn.Module):
     """Eq. location policy: l_t ~ N(mu_t, std^2 I), mu_t = tanh(fc(h_t)).
 

@@ -22,7 +22,7 @@ from utils import UserError
 ARCH_KEYS = ("patch_size", "num_patches", "glimpse_scale", "glimpse_hidden", "loc_hidden",
              "hidden_size", "num_glimpses")
 DATA_KEYS = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
-             "clutter_size": None}
+             "clutter_size": None, "core": "rnn"}
 
 
 class Diverged(UserError):
@@ -50,7 +50,7 @@ class Trainer:
         self.model = RecurrentAttention(
             config.patch_size, config.num_patches, config.glimpse_scale, channels,
             config.glimpse_hidden, config.loc_hidden, config.std, config.hidden_size,
-            num_classes, autograd=config.autograd).to(device)
+            num_classes, autograd=config.autograd, core=config.core).to(device)
         if self.rank:  # the same initial weights everywhere, then noise of its own
             torch.manual_seed(config.random_seed + 7919 * self.rank)
         self.net = self.model  # what training runs: DDP's wrapper under torchrun

@@ -26,6 +26,8 @@ def model_name(config):
         name += f"_k{config.num_patches}"
     if (config.glimpse_hidden, config.loc_hidden) != (128, 128):
         name += f"_h{config.glimpse_hidden}-{config.loc_hidden}"
+    if getattr(config, "core", "rnn") != "rnn":
+        name += f"_{config.core}"
     dataset = getattr(config, "dataset", "mnist")
     if dataset != "mnist":
         name += f"_{dataset}{config.canvas_size}"

@@ -56,7 +56,8 @@ def test_a_fresh_run_never_overwrites_another(workdir):
 
 
 @pytest.mark.parametrize("flags,name", [
-    (["--dataset=translated", "--canvas_size=40"], "ram_4_12x12_2_k2_translated40"),
+    (["--dataset=translated", "--canvas_size=40", "--core=lstm"],
+     "ram_4_12x12_2_k2_lstm_translated40"),
     (["--dataset=cluttered", "--canvas_size=40", "--clutter_size=6"],
      "ram_4_12x12_2_k2_cluttered40_c6"),
 ])
@@ -67,6 +68,7 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     ckpt = torch.load(workdir / "ckpt" / f"{name}_model_best.pth.tar", weights_only=True)
     assert ckpt["data"] == {"normalisation": [0.0, 1.0], "image_shape": [1, 40, 40]}
     assert ckpt["params"]["dataset"] == flags[0].split("=")[1]
+    assert ("rnn.cell.weight_hh" in ckpt["model_state"]) == ("--core=lstm" in flags)
     with open(workdir / "plots" / name / "g_1.p", "rb") as f:
         assert pickle.load(f)[0].shape == (9, 40, 40)
     out = run_main(workdir, "--is_train=False", *sensor, *flags, *TINY).stdout

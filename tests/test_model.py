@@ -267,3 +267,26 @@ def test_adam_falls_back_where_fused_is_missing(monkeypatch):
     monkeypatch.setattr(torch.optim, "Adam", old_adam)
     opt = adam(iter(params), 1e-3, torch.device("cpu"))  # a generator, as parameters() is
     assert not opt.defaults["fused"] and opt.param_groups[0]["params"] == params
+
+
+def test_lstm_core_follows_the_lstm_equations():
+    """--core=lstm: h_t from the gates i, f, g, o of W_ih g_t + W_hh h_{t-1} + b, with
+    c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t), from h_0 = c_0 = 0, over three steps;
+    and the model trains it through autograd (no GlimpseLoop)."""
+    from modules import LSTMCore
+    torch.manual_seed(13)
+    core = LSTMCore(5, 4)
+    W_ih, W_hh = core.cell.weight_ih, core.cell.weight_hh
+    b = core.cell.bias_ih + core.cell.bias_hh
+    step = core.per_step()
+    h = c = torch.zeros(3, 4)
+    got = None
+    for t in range(3):
+        g_t = torch.randn(3, 5)
+        i, f, g, o = (g_t @ W_ih.t() + h @ W_hh.t() + b).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        got = step(g_t, got)
+        torch.testing.assert_close(got, h)
+    model = RecurrentAttention(core="lstm")
+    assert model.autograd and isinstance(model.rnn, LSTMCore)
