@@ -80,7 +80,8 @@ def animate(imgs, locs, g, k, s, gif_path, png_path):
         imgs = (imgs - lo) / np.maximum(imgs.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-8)
     N, T = len(imgs), locs.shape[1]
     H, W = imgs.shape[1:3]
-    fig, axes = plt.subplots(3, 3, figsize=(6, 6.4))
+    zoom = max(1.0, max(H, W) / 56)  # canvases drawn at least as legibly as 56 px images
+    fig, axes = plt.subplots(3, 3, figsize=(6 * zoom, 6.4 * zoom))
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
