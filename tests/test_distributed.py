@@ -81,10 +81,16 @@ def test_two_nodes_on_this_machine(workdir):
     assert os.path.isfile(workdir / "ckpt" / f"{NAME}_model_best.pth.tar")
 
 
-def test_a_user_error_is_one_line_from_all_processes(workdir):
-    proc = torchrun(workdir, "--std=0", check=False)
+@pytest.mark.parametrize("flag,line", [
+    ("--std=0", "main.py: error: --std must be positive"),
+    ("--compile=True", "main.py: error: --compile=True does not run under torchrun yet"),
+    ("--bogus=1", "main.py: error: unrecognized arguments: --bogus=1"),
+])
+def test_a_user_error_is_one_line_from_all_processes(workdir, flag, line):
+    proc = torchrun(workdir, flag, *TINY, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count("main.py: error: --std must be positive") == 1
+    assert proc.stderr.count(line) == 1, proc.stderr
+    assert not (workdir / "ckpt").exists()
 
 
 def start_torchrun(cwd, *args):

@@ -55,3 +55,16 @@ def test_files_the_readme_names_exist(path):
     folder, name = os.path.split(path)
     assert folder + "/" in README and name.split("_model")[0].split("_params")[0] in README
     assert os.path.isfile(os.path.join(ROOT, path))
+
+
+def test_bench_has_its_own_few_flags_each_with_help():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--help"],
+                         capture_output=True, text=True, timeout=120).stdout
+    flags = re.findall(r"^  (--[a-z_]+)", out, re.M)
+    assert "--dataset" in flags and "--epoch" in flags and "--ckpt_dir" not in flags
+    lines = out.split("options:")[1]
+    for flag in flags:  # a help text after each flag (on its line or the next)
+        after = lines.split(flag, 1)[1].split("\n  --", 1)[0]
+        assert len(re.sub(r"[A-Z_]+", "", after).strip()) > 3, flag
