@@ -17,6 +17,10 @@ def test_seed_parameter_count_and_names():
     model = RecurrentAttention()
     assert sum(p.numel() for p in model.parameters()) == 209_677
     assert list(model.state_dict()) == SEED_KEYS
+    # the defaults are the seed's published run, with the written-out backward
+    retina = model.sensor.retina
+    assert (retina.g, retina.k, retina.s, model.std, model.locator.std) == (8, 1, 2, 0.17, 0.17)
+    assert model.hidden_size == 256 and not model.autograd
 
 
 def plain_rollout(model, x, l_0, T, eps):
@@ -67,6 +71,8 @@ def test_core_network_h0_is_zero():
     g, h_0 = torch.randn(5, 256), torch.zeros(5, 256)
     assert torch.equal(rnn(g), rnn(g, h_0))
     torch.testing.assert_close(rnn(g), F.relu(rnn.i2h(g) + rnn.h2h(h_0)))
+    h = torch.randn(5, 256)  # and any other h_{t-1}
+    torch.testing.assert_close(rnn(g, h), F.relu(rnn.i2h(g) + rnn.h2h(h)))
 
 
 def test_networks_per_step_equal_plain_equations():
