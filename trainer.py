@@ -177,15 +177,15 @@ class Trainer:
                         f"training stopped and {kept}: try a smaller --init_lr")
 
     # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self, loader):
         """(loss, accuracy %, correct count) with M Monte-Carlo runs per image."""
         self.model.eval()
         loss_sum = correct = 0
-        for x, y in loader:
-            _, losses = self.run(x, y, self.M)
-            loss_sum += losses.total * len(y)
-            correct += losses.R.sum()
+        with torch.no_grad():
+            for x, y in loader:
+                _, losses = self.run(x, y, self.M)
+                loss_sum += losses.total * len(y)
+                correct += losses.R.sum()
         loss_sum, correct = utils.all_sum(loss_sum, correct, device=self.device)
         n, correct = loader.num_samples, int(correct)
         return loss_sum / n, 100 * correct / n, correct

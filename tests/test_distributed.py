@@ -228,3 +228,27 @@ def test_cuda_checkpoint_tests_on_cpu(workdir):
 def test_cuda_torchrun_with_nccl(workdir):
     out = torchrun(workdir, "--epochs=1", *TINY, nproc=1).stdout
     assert "data-parallel on 1 processes (nccl)" in out
+
+
+def one_trained_epoch(data_dir, rank):
+    """The weights after one epoch of the trainer's own training loop on this rank."""
+    import config
+    import data_loader
+    from trainer import Trainer
+    cfg = config.get_config([f"--data_dir={data_dir}", "--plot_freq=0", *TINY])
+    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    trainer.train_one_epoch(0)
+    return trainer.model.state_dict()
+
+
+def test_ddp_keeps_every_process_on_the_same_weights(tmp_path):
+    """The trainer's training runs through DDP: after an epoch of different shards and
+    different noise, both processes hold the same weights (and they did move)."""
+    make_mnist(str(tmp_path / "data"))
+    a, b = run_two_ranks(tmp_path, functools.partial(one_trained_epoch, str(tmp_path / "data")))
+    torch.manual_seed(1)
+    from model import RecurrentAttention
+    start = RecurrentAttention().state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert not torch.equal(a["rnn.h2h.weight"], start["rnn.h2h.weight"])

@@ -57,23 +57,46 @@ def test_early_stop_after_train_patience_epochs_without_improvement(trainer):
     assert len(lrs) == 4 and t.counter == 3
 
 
-def test_validation_averages_the_m_copies_of_each_image(trainer):
+@pytest.mark.parametrize("M", [1, 2, 3])
+def test_rollout_averages_the_m_copies_of_each_image(trainer, M):
     """rollout(M) averages the M copies of each image (rows b, B + b, 2B + b, ...), not
-    neighbouring images."""
-    t = trainer("--M=3", "--num_glimpses=2")
+    neighbouring images; training's rollout (M left out) is one run per image."""
+    t = trainer(f"--M={M}", "--num_glimpses=2")
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     torch.manual_seed(3)
     with torch.no_grad():
-        out, losses = t.rollout(x, y, 3)
+        out, losses = t.rollout(x, y, M) if M > 1 else t.rollout(x, y)
     torch.manual_seed(3)
-    l_0 = torch.empty(12, 2).uniform_(-1, 1)  # as initial_location draws
+    l_0 = torch.empty(4 * M, 2).uniform_(-1, 1)  # as initial_location draws
     with torch.no_grad():
-        rows = t.model(x.repeat(3, 1, 1, 1), l_0, 2)
+        rows = t.model(x.repeat(M, 1, 1, 1), l_0, 2)
     for name, got, all_rows in zip(Rollout._fields, out, rows):
-        expected = torch.stack([sum(all_rows[m * 4 + b] for m in range(3)) / 3
+        expected = torch.stack([sum(all_rows[m * 4 + b] for m in range(M)) / M
                                 for b in range(4)])
         torch.testing.assert_close(got, expected, msg=name)
     assert torch.equal(losses.R, (out.log_probas.argmax(1) == y).float())
+
+
+def test_evaluate_counts_every_image_once(trainer):
+    """A classifier that always says 3: accuracy is exactly the share of 3s, over every
+    batch (the last one smaller)."""
+    t = trainer("--M=2", "--valid_size=0.25")
+    with torch.no_grad():
+        t.model.classifier.fc.weight.zero_()
+        t.model.classifier.fc.bias.copy_(torch.arange(10.0) == 3)
+    loader = t.valid_loader
+    loader.batch_size = 7  # 25 images: 4 batches
+    threes = int((loader.labels[loader.indices] == 3).sum())
+    loss, acc, correct = t.evaluate(loader)
+    assert loader.num_samples == 25 and correct == threes and acc == 100 * threes / 25
+    assert loss > 0 and not t.model.training
+
+
+def test_initial_location(trainer):
+    assert torch.equal(trainer("--init_loc=center").initial_location(5), torch.zeros(5, 2))
+    l_0 = trainer().initial_location(2000)
+    assert l_0.shape == (2000, 2) and l_0.min() >= -1 and l_0.max() <= 1
+    assert l_0.min() < -0.99 and l_0.max() > 0.99 and abs(l_0.mean()) < 0.05  # uniform
 
 
 def test_a_short_run_learns(tmp_path):
