@@ -87,9 +87,16 @@ def test_evaluate_counts_every_image_once(trainer):
     loader = t.valid_loader
     loader.batch_size = 7  # 25 images: 4 batches
     threes = int((loader.labels[loader.indices] == 3).sum())
+    run, calls = t.run, []
+    t.run = lambda x, y, M=1: calls.append(M) or run(x, y, M)
+    torch.manual_seed(4)
     loss, acc, correct = t.evaluate(loader)
     assert loader.num_samples == 25 and correct == threes and acc == 100 * threes / 25
-    assert loss > 0 and not t.model.training
+    assert calls == [2] * 4 and not t.model.training  # M runs per image, every batch
+    torch.manual_seed(4)  # the loss: the mean over the images of each batch's loss
+    with torch.no_grad():
+        expected = sum(run(x, y, 2)[1].total.item() * len(y) for x, y in loader) / 25
+    assert loss == pytest.approx(expected, rel=1e-6)
 
 
 def test_initial_location(trainer):
