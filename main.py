@@ -42,6 +42,7 @@ def main(config):
     if not config.is_train:
         test_loader = data_loader.get_test_loader(config, device, eval_batch_size(config))
         Trainer(config, device, test_loader=test_loader).test()
+        finish()
         return
 
     if not config.resume:
@@ -64,6 +65,7 @@ def main(config):
     trainer = Trainer(config, device, train_loader, valid_loader)
     try:
         trainer.train()
+        finish()
     except KeyboardInterrupt:
         saved = trainer.saved_epoch()
         where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume "
@@ -124,6 +126,13 @@ def resume_command():
 
 
 stopped_by = signal.SIGINT
+
+
+def finish():
+    """Under torchrun, wait for every process before the group is torn down: a process that
+    left while another's last collective was still in flight aborted gloo (seen once)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 MASTER = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks

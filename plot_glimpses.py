@@ -6,7 +6,6 @@ writes plots/ram_6_8x8_2/epoch_1.gif (and epoch_1.png, its last frame). Training
 g_<epoch>.p, l_<epoch>.p and params.json in that folder; the flags below override the json.
 Headless (matplotlib's Agg and PillowWriter): no display, no ffmpeg.
 """
-import argparse
 import json
 import os
 import pickle

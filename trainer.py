@@ -4,7 +4,6 @@ One epoch: for each batch, T glimpses from a random (or central) l_0, the hybrid
 (classifier NLL + baseline MSE + REINFORCE), one Adam step. Then validation with M Monte-Carlo
 runs per image, the LR schedule, early stopping and a crash-safe checkpoint.
 """
-import json
 import math
 import os
 import pickle
@@ -16,14 +15,6 @@ from tqdm import tqdm
 import utils
 from model import RecurrentAttention, Rollout, compiled, loss_terms
 from utils import UserError
-
-# settings that change the network's tensors or what a checkpoint's name promises, and the
-# data it was trained on (checkpoints from before --dataset existed are mnist's)
-ARCH_KEYS = ("patch_size", "num_patches", "glimpse_scale", "glimpse_hidden", "loc_hidden",
-             "hidden_size", "num_glimpses")
-DATA_KEYS = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
-             "clutter_size": None, "core": "rnn"}
-
 
 class Diverged(UserError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
@@ -259,14 +250,15 @@ class Trainer:
         path = self.ckpt_path(best)
         print("[*] Loading model from {}".format(self.config.ckpt_dir))
         if not os.path.isfile(path):
-            raise UserError(missing_checkpoint(path, self.config))
-        ckpt = read_checkpoint(path, self.device)
+            raise UserError(utils.missing_checkpoint(path, self.config))
+        ckpt = utils.read_checkpoint(path, self.device)
         json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
-        check_params(ckpt, path, json_path, self.config)
+        utils.check_params(ckpt, path, json_path, self.config)
         try:
             self.model.load_state_dict(ckpt["model_state"])
         except RuntimeError:
-            raise UserError(shape_mismatch(path, ckpt["model_state"], self.model)) from None
+            raise UserError(utils.shape_mismatch(path, ckpt["model_state"],
+                                                 self.model)) from None
         self.start_epoch = ckpt["epoch"]
         self.best_valid_acc = ckpt["best_valid_acc"]
         if not best:  # resuming: everything the next epoch depends on
@@ -283,75 +275,6 @@ class Trainer:
         print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
             os.path.basename(path), ckpt["epoch"], ckpt["best_valid_acc"]))
         return ckpt
-
-
-def missing_checkpoint(path, config):
-    """The error for a checkpoint that is not there, naming the runs that are, with the flags
-    that would select them."""
-    folder = os.path.dirname(path)
-    others = []
-    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        try:
-            with open(os.path.join(folder, f)) as fh:
-                params = json.load(fh) if f.endswith("_params.json") else None
-        except (OSError, ValueError):
-            params = None
-        if isinstance(params, dict):
-            flags = [f"--{k}={v}" for k, v in trained_settings(params).items()
-                     if v is not None and v != getattr(config, k)]
-            others.append(f"{f[:-len('_params.json')]} ({' '.join(flags) or 'no flag differs'})")
-    held = f"; {folder} holds {', '.join(others[:4])}" if others else ""
-    return (f"no checkpoint {path}{held}: train first (python main.py), or pass the flags of "
-            "the model to use, and --ckpt_dir if it is elsewhere")
-
-
-def trained_settings(params):
-    """The settings in ARCH_KEYS and DATA_KEYS a checkpoint's params say it was made with."""
-    trained = {k: params[k] for k in ARCH_KEYS if k in params}
-    trained.update({k: params.get(k, old) for k, old in DATA_KEYS.items()})
-    return trained
-
-
-def read_checkpoint(path, device):
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises many kinds for a file that is no checkpoint
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): "
-                        "it is truncated or corrupt") from None
-    missing = [k for k in ("epoch", "model_state", "best_valid_acc")
-               if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise UserError(f"{path} is not a RAM checkpoint: it has no {', '.join(missing)}")
-    return ckpt
-
-
-def check_params(ckpt, path, json_path, config):
-    """Names the settings that differ from the checkpoint's, from its params (or the json
-    beside it, as the seed wrote); a seed checkpoint with neither is checked by shapes."""
-    params = ckpt.get("params")
-    if params is None and os.path.isfile(json_path):
-        try:
-            with open(json_path) as f:
-                params = json.load(f)
-        except (OSError, ValueError):
-            params = None
-    if not params:
-        return
-    differ = [f"--{k}={v} (given {getattr(config, k)})"
-              for k, v in trained_settings(params).items() if v != getattr(config, k)]
-    if differ:
-        raise UserError(f"{path} was trained with other settings: {', '.join(differ)}; "
-                        "pass those flags to use it")
-
-
-def shape_mismatch(path, state, model):
-    own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and v.shape != own[k].shape]
-    extra = sorted(set(state) ^ set(own))
-    what = "; ".join(bad) + ("; keys differ: " + ", ".join(extra) if extra else "")
-    return (f"{path} was made with another configuration (checkpoint vs these flags: {what}); "
-            "pass the flags it was trained with")
 
 
 def adam(parameters, lr, device):
