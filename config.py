@@ -8,7 +8,7 @@ import sys
 
 from utils import UserError
 
-DATASETS = ("mnist", "translated", "cluttered")
+DATASETS = ("mnist", "translated", "cluttered", "folder")
 CANVAS_FLAGS = ("canvas_size", "num_clutter", "clutter_size")
 
 
@@ -96,7 +96,8 @@ data_arg = parser.add_argument_group("Data Params")
 data_arg.add_argument("--dataset", choices=DATASETS, default="mnist",
                       help="mnist: the 28x28 digits; translated: each digit at a random place "
                            "on an empty canvas; cluttered: the same plus clutter pieces cut "
-                           "from other digits (the paper's tasks)")
+                           "from other digits (the paper's tasks); folder: your own labelled "
+                           "images in --data_dir (DATA/train/<class>/<image>, DATA/test/...)")
 data_arg.add_argument("--canvas_size", type=int, default=None,
                       help="side of the translated or cluttered canvas (default 60)")
 data_arg.add_argument("--num_clutter", type=int, default=None,
@@ -104,6 +105,13 @@ data_arg.add_argument("--num_clutter", type=int, default=None,
                            "canvas, 8 from 100 px, as in the paper)")
 data_arg.add_argument("--clutter_size", type=int, default=None,
                       help="side of a clutter piece (default 8)")
+data_arg.add_argument("--image_size", type=str, default=None,
+                      help="--dataset=folder: resize every image to H or HxW pixels (default: "
+                           "the images' own size, which they must then share)")
+data_arg.add_argument("--in_memory_gb", type=float, default=4.0,
+                      help="--dataset=folder: a split whose decoded images (uint8) take at "
+                           "most this is decoded once into memory; a larger one is decoded "
+                           "every epoch by --num_workers processes")
 data_arg.add_argument("--valid_size", type=float, default=0.1,
                       help="Proportion of training set used for validation")
 data_arg.add_argument("--batch_size", type=int, default=32,
@@ -120,6 +128,9 @@ data_arg.add_argument("--show_sample", type=str2bool, default=False,
 train_arg = parser.add_argument_group("Training Params")
 train_arg.add_argument("--is_train", type=str2bool, default=True,
                        help="Whether to train or test the model")
+train_arg.add_argument("--predict", type=str, default=None,
+                       help="with --is_train=False: classify this image file, or every image "
+                            "in this folder, printing file, class and probability")
 train_arg.add_argument("--momentum", action=Removed, nargs="?",
                        why="the optimizer is Adam, which never used it")
 train_arg.add_argument("--epochs", type=int, default=200,
@@ -192,13 +203,23 @@ def check(config):
     if config.resume and config.overwrite:
         raise UserError("--resume=True continues a run and --overwrite=True starts it over: "
                         "pass one of them")
+    if config.predict is not None and config.is_train:
+        raise UserError("--predict classifies with a trained model: pass --is_train=False too")
     check_data(config)
 
 
 def check_data(config):
     """Checks the dataset flags and fills in their defaults (None where they do not apply)."""
+    if not config.in_memory_gb >= 0:
+        raise UserError(f"--in_memory_gb must be 0 or more, got {config.in_memory_gb}")
+    if config.image_size is not None:
+        if config.dataset != "folder":
+            raise UserError("--image_size applies to --dataset=folder (MNIST and the canvases "
+                            "have their own sizes)")
+        from image_folder import parse_size
+        parse_size(config.image_size)
     given = [f"--{f}" for f in CANVAS_FLAGS if getattr(config, f) is not None]
-    if config.dataset == "mnist":
+    if config.dataset in ("mnist", "folder"):
         if given:
             raise UserError(f"{', '.join(given)} only apply to --dataset=translated or "
                             "cluttered")

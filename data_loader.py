@@ -56,7 +56,7 @@ class Batches:
         self.indices = torch.as_tensor(indices, dtype=torch.long, device=images.device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.normalisation = normalisation
-        self.num_classes = 10
+        self.classes = [str(i) for i in range(10)]  # class k's name (the digits for MNIST)
         self.epoch = 0
         self.rank, self.world, self.pad = 0, 1, False
 
@@ -66,6 +66,10 @@ class Batches:
         a multiple of world, so that every process runs the same number of batches (a few
         images twice an epoch); without (evaluation): every image exactly once."""
         self.rank, self.world, self.pad = rank, world, pad
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
 
     @property
     def num_samples(self):
@@ -88,7 +92,8 @@ class Batches:
     def __len__(self):
         return -(-self.local_samples // self.batch_size)
 
-    def __iter__(self):
+    def order(self):
+        """This process's positions in the split for this epoch, in the order served."""
         order = torch.arange(self.num_samples, device=self.indices.device)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
@@ -97,12 +102,30 @@ class Batches:
             if self.pad:
                 order = torch.cat([order, order[:-len(order) % self.world]])
             order = order[self.rank::self.world]
-        mean, std = self.normalisation
+        return order
+
+    def __iter__(self):
+        order = self.order()
         for i in range(0, len(order), self.batch_size):
             p = order[i:i + self.batch_size]  # positions in the split
-            # the seed's arithmetic: ToTensor's /255, then Normalize
-            yield self.render(p).float().div_(255).sub_(mean).div_(std), self.labels[
-                self.indices[p]]
+            yield self.normalise(self.render(p)), self.labels[self.indices[p]]
+
+    def normalise(self, x):
+        """The seed's arithmetic: ToTensor's /255, then Normalize; mean and std are numbers,
+        or one per channel (image folders)."""
+        mean, std = self.normalisation
+        if isinstance(mean, (list, tuple)):
+            mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (mean, std))
+        return x.float().div_(255).sub_(mean).div_(std)
+
+    def pictures(self, x):
+        """Batch x as pickled for plot_glimpses: grey as served (the seed's pickles), colour
+        back in [0, 1], since a per-channel normalisation shifts colours."""
+        if x.shape[1] == 1:
+            return x
+        mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1)
+                     for v in self.normalisation)
+        return x * std + mean
 
     def render(self, p):
         """The images (uint8 or float in [0, 255]) at positions p of the split."""
@@ -274,6 +297,9 @@ def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None
 
 def get_train_valid_loader(config, device, eval_batch_size=None):
     """(train, valid) for config.dataset, on device."""
+    if config.dataset == "folder":  # imported here: PIL and torchvision's loaders only then
+        import image_folder
+        return image_folder.train_valid(config, device, eval_batch_size or config.batch_size)
     images, labels = load_mnist(config.data_dir, train=True)
     images, labels = images.to(device), labels.to(device)
     train_idx, valid_idx = split_indices(len(images), config.valid_size, config.random_seed,
@@ -285,6 +311,9 @@ def get_train_valid_loader(config, device, eval_batch_size=None):
 
 
 def get_test_loader(config, device, batch_size):
+    if config.dataset == "folder":
+        import image_folder
+        return image_folder.test(config, device, batch_size)
     images, labels = load_mnist(config.data_dir, train=False)
     images, labels = images.to(device), labels.to(device)
     return _loader(config, images, labels, range(len(images)), batch_size, False,

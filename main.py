@@ -5,6 +5,8 @@
     python main.py --is_train=False    # test <ckpt_dir>/<model_name>_model_best.pth.tar
     python main.py --dataset=cluttered --canvas_size=60 --patch_size=12 --num_patches=3 \
         --num_glimpses=8               # one of the paper's harder tasks
+    python main.py --dataset=folder --data_dir=DATA   # your images: DATA/{train,test}/<class>/
+    python main.py --is_train=False --predict=x.png   # classify images with the trained model
 
 Every flag: python main.py --help. A mistake (flag, file, checkpoint) ends with one line on
 stderr and exit code 1 (2 for a flag argparse rejects); Ctrl-C (or SIGTERM) stops training at
@@ -39,6 +41,9 @@ def main(config):
         raise UserError("--compile=True on CPU needs a C++ compiler (g++, clang++ or $CXX) "
                         "on the PATH: install one, or leave --compile off")
 
+    if config.predict is not None:
+        predict(config, device, plot_dir)
+        return
     if not config.is_train:
         test_loader = data_loader.get_test_loader(config, device, eval_batch_size(config))
         Trainer(config, device, test_loader=test_loader).test()
@@ -58,7 +63,7 @@ def main(config):
     utils.prepare_dirs(*dirs)
     if config.show_sample and MASTER:
         x, y = next(iter(train_loader))
-        mean, std = train_loader.normalisation
+        mean, std = (torch.tensor(v).view(-1, 1, 1) for v in train_loader.normalisation)
         path = os.path.join(plot_dir, "sample.png")
         utils.plot_images(x[:9] * std + mean, y[:9], path)
         print("[*] Saved a sample of the data to {}".format(path))
@@ -72,6 +77,26 @@ def main(config):
                  f"with {resume_command()}" if saved else "no epoch had been saved yet")
         say(f"\n[!] Interrupted: {where}")
         sys.exit(128 + stopped_by)
+
+
+def predict(config, device, plot_dir):
+    """--predict: one line per image, then the first 9 images' glimpses as a GIF."""
+    import image_folder
+    import plot_glimpses
+    path = utils.ckpt_path(config, best=config.best)
+    if not os.path.isfile(path):
+        raise UserError(utils.missing_checkpoint(path, config))
+    data = utils.trained_data(utils.read_checkpoint(path, "cpu"), config)
+    loader, files = image_folder.predict(config.predict, data, eval_batch_size(config), config,
+                                         device)
+    trainer = Trainer(config, device, test_loader=loader)
+    trainer.predict(files)
+    imgs, locs = trainer.glimpses
+    gif, png = (os.path.join(plot_dir, f"predict.{e}") for e in ("gif", "png"))
+    utils.prepare_dirs(plot_dir)
+    plot_glimpses.animate(imgs.squeeze(1) if imgs.shape[1] == 1 else imgs, locs,
+                          config.patch_size, config.num_patches, config.glimpse_scale, gif, png)
+    say(f"[*] Saved the glimpses of {len(imgs)} image{'s' * (len(imgs) > 1)} to {gif}")
 
 
 def start(config):
@@ -166,6 +191,9 @@ if __name__ == "__main__":
         main(config)
     except UserError as e:
         say(f"main.py: error: {e}")
+        sys.exit(1)
+    except BrokenPipeError:  # --predict ... | head: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except KeyboardInterrupt:  # before training started: nothing to save
         say("\n[!] Interrupted")

@@ -73,10 +73,8 @@ def boxes(l, H, W, g, k, s):
 
 
 def animate(imgs, locs, g, k, s, gif_path, png_path):
-    if imgs.ndim == 4:  # colour: (N, C, H, W) -> (N, H, W, C), each image scaled to [0, 1]
-        imgs = imgs.transpose(0, 2, 3, 1)
-        lo = imgs.min(axis=(1, 2, 3), keepdims=True)
-        imgs = (imgs - lo) / np.maximum(imgs.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-8)
+    if imgs.ndim == 4:  # colour (N, C, H, W) in [0, 1] -> (N, H, W, C)
+        imgs = imgs.transpose(0, 2, 3, 1).clip(0, 1)
     N, T = len(imgs), locs.shape[1]
     H, W = imgs.shape[1:3]
     zoom = max(1.0, max(H, W) / 56)  # canvases drawn at least as legibly as 56 px images

@@ -149,7 +149,8 @@ class Trainer:
                 correct += losses.R.sum()
                 seen += len(y)
                 if plot and i == 0:
-                    self.glimpses = (x[:9].cpu().numpy(), out.locs[:9].detach().cpu().numpy())
+                    self.glimpses = (loader.pictures(x[:9]).cpu().numpy(),
+                                     out.locs[:9].detach().cpu().numpy())
                 if (i + 1) % self.config.print_freq == 0 or seen == loader.local_samples:
                     avg_loss, avg_acc = loss_sum.item() / seen, 100 * correct.item() / seen
                     pbar.set_description("{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
@@ -183,12 +184,35 @@ class Trainer:
 
     def test(self):
         ckpt = self.load_checkpoint(best=self.config.best)
-        # the checkpoint's own normalisation (from its training data) over the loader's
-        self.test_loader.normalisation = tuple(ckpt.get("data", {}).get(
-            "normalisation", self.test_loader.normalisation))
-        _, acc, correct = self.evaluate(self.test_loader)
-        print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, self.test_loader.num_samples, acc))
+        data = utils.trained_data(ckpt, self.config)
+        loader = self.test_loader
+        for what, trained, given in (("classes", data["classes"], loader.classes),
+                                     ("CxHxW", data["image_shape"], loader.image_shape)):
+            if list(trained) != list(given):
+                raise UserError(f"the test set's {what} ({fmt(given)}) are not the model's "
+                                f"({fmt(trained)}): test on data like its training data")
+        loader.normalisation = tuple(data["normalisation"])  # its training data's statistics
+        _, acc, correct = self.evaluate(loader)
+        print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, loader.num_samples, acc))
         return acc
+
+    def predict(self, files):
+        """Prints, for each image the test loader serves (files, in order), its file, the
+        predicted class and that class's probability averaged over M rollouts; keeps the
+        first 9 images' glimpses in self.glimpses."""
+        ckpt = self.load_checkpoint(best=self.config.best)
+        classes = utils.trained_data(ckpt, self.config)["classes"]
+        self.model.eval()
+        names = iter(files)
+        with torch.no_grad():
+            for x, _ in self.test_loader:
+                out, p = probabilities(self.model, x, self.initial_location(self.M * len(x)),
+                                       self.num_glimpses)
+                if self.glimpses is None:
+                    self.glimpses = (self.test_loader.pictures(x[:9]).cpu().numpy(),
+                                     out.locs[:9].cpu().numpy())
+                for prob, k in zip(*p.max(1)):
+                    print(f"{next(names)}\t{classes[k]}\t{prob:.4f}")
 
     # ---------------------------------------------------------------- records
     def log(self, step, **scalars):
@@ -210,8 +234,7 @@ class Trainer:
         utils.save_json(vars(self.config), os.path.join(self.plot_dir, "params.json"))
 
     def ckpt_path(self, best):
-        suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
-        return os.path.join(self.config.ckpt_dir, self.model_name + suffix)
+        return utils.ckpt_path(self.config, best)
 
     def save_checkpoint(self, epoch, is_best):
         states = utils.all_gather(utils.rng_state())  # every process's, for an exact resume
@@ -226,7 +249,8 @@ class Trainer:
             "rng_states": states,
             "params": vars(self.config),
             "data": {"normalisation": list(self.train_loader.normalisation),
-                     "image_shape": list(self.train_loader.image_shape)},
+                     "image_shape": list(self.train_loader.image_shape),
+                     "classes": list(self.train_loader.classes)},
         }
         if not self.master:
             return
@@ -275,6 +299,19 @@ class Trainer:
         print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
             os.path.basename(path), ckpt["epoch"], ckpt["best_valid_acc"]))
         return ckpt
+
+
+def probabilities(model, x, l_0, T):
+    """(Rollout, p): p (B, classes) the class probabilities after T glimpses, averaged over
+    M = len(l_0) / B rollouts per image (probabilities, where the seed's test averages
+    log-probabilities: a prediction's probability should be one)."""
+    out = model(x, l_0, T)
+    return out, out.log_probas.exp().view(-1, len(x), out.log_probas.shape[1]).mean(0)
+
+
+def fmt(values):
+    return "x".join(map(str, values)) if all(isinstance(v, int) for v in values) else \
+        ", ".join(map(str, values))
 
 
 def adam(parameters, lr, device):

@@ -19,7 +19,8 @@ class UserError(Exception):
 def model_name(config):
     """ram_{T}_{g}x{g}_{s} as the seed names it, then whatever else sets the network or the
     data apart, so that two such runs never share checkpoints or glimpse pickles:
-    ram_6_8x8_2 (the seed's), ram_8_12x12_2_k3_translated60, ram_8_12x12_2_k4_cluttered100."""
+    ram_6_8x8_2 (the seed's), ram_8_12x12_2_k3_translated60, ram_8_12x12_2_k4_cluttered100,
+    ram_6_8x8_2_flowers (--dataset=folder --data_dir=.../flowers)."""
     name = "ram_{}_{}x{}_{}".format(config.num_glimpses, config.patch_size, config.patch_size,
                                     config.glimpse_scale)
     if config.num_patches != 1:
@@ -29,7 +30,10 @@ def model_name(config):
     if getattr(config, "core", "rnn") != "rnn":
         name += f"_{config.core}"
     dataset = getattr(config, "dataset", "mnist")
-    if dataset != "mnist":
+    if dataset == "folder":  # the folder's own name: two datasets never share a checkpoint
+        folder = os.path.basename(os.path.normpath(os.path.abspath(config.data_dir)))
+        name += "_" + "".join(c if c.isalnum() or c in "-." else "_" for c in folder)
+    elif dataset != "mnist":
         name += f"_{dataset}{config.canvas_size}"
     if dataset == "cluttered":
         from config import default_clutter
@@ -130,7 +134,23 @@ def plot_images(images, labels, path):
 ARCH_KEYS = ("patch_size", "num_patches", "glimpse_scale", "glimpse_hidden", "loc_hidden",
              "hidden_size", "num_glimpses")
 DATA_KEYS = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
-             "clutter_size": None, "core": "rnn"}
+             "clutter_size": None, "core": "rnn", "image_size": None}
+
+
+def ckpt_path(config, best):
+    suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
+    return os.path.join(config.ckpt_dir, model_name(config) + suffix)
+
+
+def trained_data(ckpt, config):
+    """What a checkpoint says of its training data: normalisation, image_shape (C, H, W) and
+    classes; a checkpoint from before it said so (the seed's) was trained on --dataset."""
+    from data_loader import NORMALISATION
+    side = 28 if config.dataset == "mnist" else config.canvas_size
+    data = {"normalisation": list(NORMALISATION.get(config.dataset, (0.0, 1.0))),
+            "image_shape": [1, side, side], "classes": [str(i) for i in range(10)]}
+    data.update(ckpt.get("data", {}))
+    return data
 
 
 def missing_checkpoint(path, config):

@@ -66,7 +66,8 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     out = run_main(workdir, "--epochs=1", *sensor, *flags, *TINY).stdout
     assert "val acc" in out
     ckpt = torch.load(workdir / "ckpt" / f"{name}_model_best.pth.tar", weights_only=True)
-    assert ckpt["data"] == {"normalisation": [0.0, 1.0], "image_shape": [1, 40, 40]}
+    assert ckpt["data"] == {"normalisation": [0.0, 1.0], "image_shape": [1, 40, 40],
+                            "classes": [str(i) for i in range(10)]}
     assert ckpt["params"]["dataset"] == flags[0].split("=")[1]
     assert ("rnn.cell.weight_hh" in ckpt["model_state"]) == ("--core=lstm" in flags)
     with open(workdir / "plots" / name / "g_1.p", "rb") as f:
