@@ -236,6 +236,10 @@ def train_valid(config, device, eval_batch_size):
     if own_valid:
         more, more_labels, _ = scan(config.data_dir, "valid", classes)
         files, labels = files + more, labels + more_labels
+    if master:
+        shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)"
+                                           if len(classes) > 20 else "")
+        print(f"[*] {config.data_dir}: {len(classes)} classes, in this order: {shown}")
     channels, size = inspect(files, parse_size(config.image_size), master)
     images, labels = load(files, labels, channels, size, config, device, master)
     if own_valid:

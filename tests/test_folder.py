@@ -47,6 +47,7 @@ def test_grey_folder_train_resume_test_predict(tmp_path):
     flags = ("--dataset=folder", "--data_dir=shapes", *TINY)
     out = run_main(tmp_path, "--epochs=1", *flags).stdout
     assert "[*] Train on 65 samples, validate on 7 samples" in out  # the seed's 10% of 72
+    assert "[*] shapes: 3 classes, in this order: circle, cross, dot" in out
     name = "ram_6_8x8_2_shapes"
     ckpt = torch.load(tmp_path / "ckpt" / f"{name}_ckpt.pth.tar", weights_only=True)
     assert ckpt["data"]["image_shape"] == [1, 16, 16] and ckpt["data"]["classes"] == CLASSES
