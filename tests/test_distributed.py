@@ -252,3 +252,20 @@ def test_ddp_keeps_every_process_on_the_same_weights(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert not torch.equal(a["rnn.h2h.weight"], start["rnn.h2h.weight"])
+
+
+def test_torchrun_on_an_image_folder_streamed_or_in_memory(tmp_path):
+    """Each process reads its shard of the folder; streamed from disk or served from memory,
+    the same weights; test counts every image once."""
+    from test_folder import make_folder
+    make_folder(tmp_path / "d", colour=True)
+    states = []
+    for i, flags in enumerate([(), ("--in_memory_gb=0",)]):
+        out = torchrun(tmp_path, "--dataset=folder", "--data_dir=d", "--epochs=1",
+                       f"--ckpt_dir=ck{i}", *TINY, *flags).stdout
+        assert "[*] Training data-parallel on 2 processes" in out
+        states.append(weights(tmp_path / f"ck{i}" / "ram_6_8x8_2_d_ckpt.pth.tar"))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    out = torchrun(tmp_path, "--dataset=folder", "--data_dir=d", "--is_train=False",
+                   "--ckpt_dir=ck1", "--in_memory_gb=0", *TINY).stdout
+    assert re.search(r"Test Acc: \d+/18 ", out)
