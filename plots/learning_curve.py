@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 EPOCH = re.compile(r"^Epoch: (\d+)/")
 VALID = re.compile(r"val acc: ([\d.]+)")
@@ -38,17 +39,28 @@ def main():
     parser.add_argument("--labels", nargs="*", help="one per log (default: the file names)")
     parser.add_argument("--out", default="plots/learning_curve.png")
     parser.add_argument("--ymin", type=float, default=97, help="lower end of the y axis")
+    parser.add_argument("--error", action="store_true",
+                        help="validation error on a log scale instead (tasks far apart)")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, path in enumerate(args.logs):
         epochs, accs = read(path)
         label = args.labels[i] if args.labels and i < len(args.labels) else path
-        ax.plot(epochs, accs, label=f"{label} (best {max(accs):.2f}%)")
+        if args.error:
+            ax.plot(epochs, [100 - a for a in accs], label=f"{label} (best {100 - max(accs):.2f}%)")
+        else:
+            ax.plot(epochs, accs, label=f"{label} (best {max(accs):.2f}%)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%), M=10")
-    ax.set_ylim(args.ymin, 100)
+    if args.error:
+        ax.set_yscale("log")
+        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_ylabel("validation error (%), M=10")
+    else:
+        ax.set_ylabel("validation accuracy (%), M=10")
+        ax.set_ylim(args.ymin, 100)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right" if args.error else "lower right", fontsize=8)
     fig.savefig(args.out, bbox_inches="tight", dpi=100)
     print(f"[*] Saved {args.out}")
 
