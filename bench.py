@@ -82,7 +82,7 @@ def seed_loader(batch_size, n, workers):
 def get_args(argv=None):
     p = config.Parser(description="Throughput of RAM training and evaluation.",
                       formatter_class=config.Defaults, allow_abbrev=False)
-    p.add_argument("--dataset", choices=config.DATASETS, default="mnist",
+    p.add_argument("--dataset", choices=("mnist", "translated", "cluttered"), default="mnist",
                    help="what the images are: their size is what matters for speed")
     p.add_argument("--canvas_size", type=int, default=60, help="side of a canvas")
     p.add_argument("--num_clutter", type=int, default=4, help="pieces per cluttered canvas")
@@ -90,6 +90,8 @@ def get_args(argv=None):
     p.add_argument("--num_patches", type=int, default=1, help="k")
     p.add_argument("--glimpse_scale", type=int, default=2, help="s")
     p.add_argument("--num_glimpses", type=int, default=6, help="T")
+    p.add_argument("--core", choices=("rnn", "lstm"), default="rnn",
+                   help="the core network (lstm: through autograd, as main.py trains it)")
     p.add_argument("--batch_size", type=int, default=32, help="training batch")
     p.add_argument("--M", type=int, default=10, help="Monte-Carlo rows per evaluated image")
     p.add_argument("--compile", type=config.str2bool, default=False,
@@ -105,8 +107,8 @@ def get_args(argv=None):
                    help="also time one whole epoch (train + validation), batches made as "
                         "main.py makes them")
     args = p.parse_args(argv)
-    if args.seed_style and args.dataset != "mnist":
-        p.error("--seed_style=True is the seed's 28x28 MNIST only")
+    if args.seed_style and (args.dataset != "mnist" or args.core != "rnn"):
+        p.error("--seed_style=True is the seed's 28x28 MNIST with its rnn core only")
     args.size = 28 if args.dataset == "mnist" else args.canvas_size
     args.clutter_size = 8
     if args.dataset == "translated":
@@ -133,7 +135,8 @@ def main():
     cfg = get_args()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale).to(device)
+    model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale,
+                               core=cfg.core).to(device)
     if cfg.seed_style:
         model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=not cfg.seed_style)
@@ -184,7 +187,7 @@ def main():
     style = "seed-style" if cfg.seed_style else "this project"
     print(f"{style} on {name}: {cfg.dataset} {cfg.size}x{cfg.size}, batch {cfg.batch_size}, "
           f"{cfg.num_patches} scale(s) of "
-          f"{cfg.patch_size}x{cfg.patch_size}, {T} glimpses, M={cfg.M}"
+          f"{cfg.patch_size}x{cfg.patch_size}, {T} glimpses, {cfg.core} core, M={cfg.M}"
           + (", compiled" if cfg.compile else ""))
     train_ips = timed(train_step, cfg.batch_size)
     eval_ips = timed(eval_step, eval_bs) * cfg.M  # rows per second
