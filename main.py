@@ -83,6 +83,8 @@ def predict(config, device, plot_dir):
     """--predict: one line per image, then the first 9 images' glimpses as a GIF."""
     import image_folder
     import plot_glimpses
+    if torch.distributed.is_initialized():  # each process would print its shard alone
+        raise UserError("--predict runs in one process: use python main.py, not torchrun")
     path = utils.ckpt_path(config, best=config.best)
     if not os.path.isfile(path):
         raise UserError(utils.missing_checkpoint(path, config))

@@ -85,9 +85,10 @@ def test_two_nodes_on_this_machine(workdir):
     ("--std=0", "main.py: error: --std must be positive"),
     ("--compile=True", "main.py: error: --compile=True does not run under torchrun yet"),
     ("--bogus=1", "main.py: error: unrecognized arguments: --bogus=1"),
+    ("--is_train=False --predict=x.png", "main.py: error: --predict runs in one process"),
 ])
 def test_a_user_error_is_one_line_from_all_processes(workdir, flag, line):
-    proc = torchrun(workdir, flag, *TINY, check=False)
+    proc = torchrun(workdir, *flag.split(), *TINY, check=False)
     assert proc.returncode != 0
     assert proc.stderr.count(line) == 1, proc.stderr
     assert not (workdir / "ckpt").exists()

@@ -77,6 +77,16 @@ def test_grey_folder_train_resume_test_predict(tmp_path):
     assert [ln.split("\t")[0] for ln in one.stdout.splitlines() if "\t" in ln] == [
         "shapes/test/dot/3.png"]
 
+    # a test set unlike the training data: one line
+    os.rename(data / "test", data / "test_16x16")
+    make_folder(tmp_path / "wide", shape=(16, 20))
+    os.rename(tmp_path / "wide" / "test", data / "test")
+    proc = run_main(tmp_path, "--is_train=False", *flags, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "the test set's CxHxW (1x16x20) are not the model's (1x16x16)" in proc.stderr
+    os.rename(data / "test", tmp_path / "wide" / "test")
+    os.rename(data / "test_16x16", data / "test")
+
     # bad --predict paths: one line each, and no GIF written
     gif.unlink()
     (tmp_path / "empty").mkdir()
