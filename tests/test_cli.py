@@ -161,3 +161,22 @@ def test_shipped_checkpoint_beats_the_seed(real_mnist, tmp_path):
                    f"--ckpt_dir={SHIPPED}").stdout
     correct = int(re.search(r"Test Acc: (\d+)/10000", out).group(1))
     assert correct > 9877, out
+
+
+PAPER_MODELS = re.findall(r"python main\.py (--is_train=False --ckpt_dir=ckpt/shipped --dataset="
+                          r"[^\n]+)\n# \[\*\] Test Acc: (\d+)/10000",
+                          open(os.path.join(ROOT, "README.md")).read())
+
+
+@pytest.mark.parametrize("flags, readme", PAPER_MODELS)
+def test_shipped_paper_models_test_as_the_readme_says(real_mnist, tmp_path, flags, readme):
+    """Each README command of the paper's tasks, on the real MNIST: the count it prints, up to
+    5 images of 10,000 (another CPU's float rounding may flip a near tie)."""
+    flags = flags.replace("--ckpt_dir=ckpt/shipped", f"--ckpt_dir={SHIPPED}").split()
+    out = run_main(tmp_path, *flags, f"--data_dir={real_mnist}").stdout
+    correct = int(re.search(r"Test Acc: (\d+)/10000", out).group(1))
+    assert abs(correct - int(readme)) <= 5, out
+
+
+def test_the_readme_gives_the_three_paper_models():
+    assert len(PAPER_MODELS) == 3
