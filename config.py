@@ -110,8 +110,8 @@ data_arg.add_argument("--image_size", type=str, default=None,
                            "the images' own size, which they must then share)")
 data_arg.add_argument("--in_memory_gb", type=float, default=4.0,
                       help="--dataset=folder: a split whose decoded images (uint8) take at "
-                           "most this is decoded once into memory; a larger one is decoded "
-                           "every epoch by --num_workers processes")
+                           "most this many GB is decoded once into memory; a larger one is "
+                           "decoded every epoch by --num_workers processes")
 data_arg.add_argument("--valid_size", type=float, default=0.1,
                       help="Proportion of training set used for validation")
 data_arg.add_argument("--batch_size", type=int, default=32,
