@@ -111,11 +111,8 @@ class Batches:
             yield self.normalise(self.render(p)), self.labels[self.indices[p]]
 
     def normalise(self, x):
-        """The seed's arithmetic: ToTensor's /255, then Normalize; mean and std are numbers,
-        or one per channel (image folders)."""
-        mean, std = self.normalisation
-        if isinstance(mean, (list, tuple)):
-            mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (mean, std))
+        """The seed's arithmetic: ToTensor's /255, then Normalize."""
+        mean, std = self.statistics(x.device)
         return x.float().div_(255).sub_(mean).div_(std)
 
     def pictures(self, x):
@@ -123,9 +120,15 @@ class Batches:
         back in [0, 1], since a per-channel normalisation shifts colours."""
         if x.shape[1] == 1:
             return x
-        mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1)
-                     for v in self.normalisation)
+        mean, std = self.statistics(x.device)
         return x * std + mean
+
+    def statistics(self, device):
+        """(mean, std): numbers, or (C, 1, 1) tensors when there is one per channel (folders)."""
+        mean, std = self.normalisation
+        if isinstance(mean, (list, tuple)):
+            return (torch.tensor(v, device=device).view(-1, 1, 1) for v in (mean, std))
+        return mean, std
 
     def render(self, p):
         """The images (uint8 or float in [0, 255]) at positions p of the split."""

@@ -42,14 +42,17 @@ def list_images(folder):
     return found
 
 
+def class_folders(folder):
+    return sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
+
+
 def scan(root, split, classes=None):
     """(files, labels, class names) of root/split/<class>/...; classes: those it must have."""
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
         raise UserError(f"no folder {folder}: --dataset=folder reads DATA/train/<class>/<image>"
                         " and DATA/test/<class>/<image> (--data_dir=DATA)")
-    found = sorted(d.name for d in os.scandir(folder)
-                   if d.is_dir() and not d.name.startswith("."))
+    found = class_folders(folder)
     if not found:
         raise UserError(f"{folder} has no class folders: put each class's images in "
                         f"{os.path.join(folder, '<class name>')}")
@@ -257,8 +260,7 @@ def test(config, device, batch_size):
     """Batches of config.data_dir's test folder, its classes in train's order; normalised
     by the checkpoint's statistics (Trainer.test sets them)."""
     train = os.path.join(config.data_dir, "train")
-    classes = sorted(d.name for d in os.scandir(train) if d.is_dir() and not
-                     d.name.startswith(".")) if os.path.isdir(train) else None
+    classes = class_folders(train) if os.path.isdir(train) else None
     files, labels, classes = scan(config.data_dir, "test", classes)
     channels, size = inspect(files, parse_size(config.image_size))
     images, labels = load(files, labels, channels, size, config, device)

@@ -63,9 +63,8 @@ def main(config):
     utils.prepare_dirs(*dirs)
     if config.show_sample and MASTER:
         x, y = next(iter(train_loader))
-        mean, std = (torch.tensor(v).view(-1, 1, 1) for v in train_loader.normalisation)
         path = os.path.join(plot_dir, "sample.png")
-        utils.plot_images(x[:9] * std + mean, y[:9], path)
+        utils.plot_images(train_loader.pictures(x[:9]), y[:9], path)
         print("[*] Saved a sample of the data to {}".format(path))
     trainer = Trainer(config, device, train_loader, valid_loader)
     try:
@@ -88,6 +87,7 @@ def predict(config, device, plot_dir):
     path = utils.ckpt_path(config, best=config.best)
     if not os.path.isfile(path):
         raise UserError(utils.missing_checkpoint(path, config))
+    # read before the model exists: its channels, classes and image size come from here
     data = utils.trained_data(utils.read_checkpoint(path, "cpu"), config)
     loader, files = image_folder.predict(config.predict, data, eval_batch_size(config), config,
                                          device)
@@ -96,8 +96,7 @@ def predict(config, device, plot_dir):
     imgs, locs = trainer.glimpses
     gif, png = (os.path.join(plot_dir, f"predict.{e}") for e in ("gif", "png"))
     utils.prepare_dirs(plot_dir)
-    plot_glimpses.animate(imgs.squeeze(1) if imgs.shape[1] == 1 else imgs, locs,
-                          config.patch_size, config.num_patches, config.glimpse_scale, gif, png)
+    plot_glimpses.animate(imgs, locs, config.patch_size, config.num_patches, config.glimpse_scale, gif, png)
     say(f"[*] Saved the glimpses of {len(imgs)} image{'s' * (len(imgs) > 1)} to {gif}")
 
 

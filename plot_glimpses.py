@@ -73,6 +73,8 @@ def boxes(l, H, W, g, k, s):
 
 
 def animate(imgs, locs, g, k, s, gif_path, png_path):
+    if imgs.ndim == 4 and imgs.shape[1] == 1:  # grey (N, 1, H, W)
+        imgs = imgs[:, 0]
     if imgs.ndim == 4:  # colour (N, C, H, W) in [0, 1] -> (N, H, W, C)
         imgs = imgs.transpose(0, 2, 3, 1).clip(0, 1)
     N, T = len(imgs), locs.shape[1]
