@@ -96,7 +96,8 @@ def predict(config, device, plot_dir):
     imgs, locs = trainer.glimpses
     gif, png = (os.path.join(plot_dir, f"predict.{e}") for e in ("gif", "png"))
     utils.prepare_dirs(plot_dir)
-    plot_glimpses.animate(imgs, locs, config.patch_size, config.num_patches, config.glimpse_scale, gif, png)
+    plot_glimpses.animate(imgs, locs, config.patch_size, config.num_patches,
+                          config.glimpse_scale, gif, png)
     say(f"[*] Saved the glimpses of {len(imgs)} image{'s' * (len(imgs) > 1)} to {gif}")
 
 
