@@ -138,6 +138,9 @@ train_arg.add_argument("--epochs", type=int, default=200,
 train_arg.add_argument("--init_lr", type=float, default=3e-4, help="Initial learning rate value")
 train_arg.add_argument("--lr_patience", type=int, default=10,
                        help="Number of epochs to wait before reducing lr")
+train_arg.add_argument("--max_grad_norm", type=float, default=0,
+                       help="clip the gradient's norm over all parameters to this before each "
+                            "step (0: no clipping, as the seed)")
 train_arg.add_argument("--train_patience", type=int, default=50,
                        help="Number of epochs to wait before stopping train")
 train_arg.add_argument("--overwrite", type=str2bool, default=False,
@@ -188,13 +191,15 @@ def check(config):
     if config.num_patches > 1 and config.glimpse_scale < 1:
         raise UserError(f"--glimpse_scale must be at least 1 with --num_patches="
                         f"{config.num_patches}, got {config.glimpse_scale}")
-    for name in ("std", "init_lr", "valid_size"):
+    for name in ("std", "init_lr", "valid_size", "max_grad_norm"):
         if not math.isfinite(getattr(config, name)):
             raise UserError(f"--{name} must be a finite number, got {getattr(config, name)}")
     if not config.std > 0:
         raise UserError(f"--std must be positive, got {config.std}")
     if not 0 <= config.valid_size < 1:
         raise UserError(f"--valid_size must be in [0, 1), got {config.valid_size}")
+    if not config.max_grad_norm >= 0:
+        raise UserError(f"--max_grad_norm must be 0 (off) or positive, got {config.max_grad_norm}")
     if not config.init_lr > 0:
         raise UserError(f"--init_lr must be positive, got {config.init_lr}")
     if config.hidden_size != config.glimpse_hidden + config.loc_hidden:

@@ -143,6 +143,9 @@ class Trainer:
                     raise self.diverged(loss, epoch, i)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                clip = self.config.max_grad_norm
+                if clip > 0:  # after DDP's all-reduce, so every rank clips alike
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 self.optimizer.step()
 
                 loss_sum += loss.detach() * len(y)

@@ -68,6 +68,8 @@ def trained(tmp_path_factory):
     (["--glimpse_scale=0", "--num_patches=3"], ["--glimpse_scale", "at least 1"]),
     (["--std=0"], ["--std"]),
     (["--std=-0.1"], ["--std"]),
+    (["--max_grad_norm=-1"], ["--max_grad_norm", "0 (off) or positive"]),
+    (["--max_grad_norm=nan"], ["--max_grad_norm", "finite"]),
     (["--valid_size=1"], ["--valid_size", "[0, 1)"]),
     (["--valid_size=-0.5"], ["--valid_size"]),
     (["--hidden_size=200"], ["--hidden_size", "--glimpse_hidden + --loc_hidden"]),

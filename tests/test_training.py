@@ -115,3 +115,31 @@ def test_a_short_run_learns(tmp_path):
     out = run_main(tmp_path, "--is_train=False", *flags).stdout
     correct = int(re.search(r"Test Acc: (\d+)/100", out).group(1))
     assert correct >= 60, out
+
+
+class _FirstStep(Exception):
+    pass
+
+
+def first_step_grads(t):
+    """The gradients the optimizer's first step of an epoch receives."""
+    seen = []
+
+    def step(*args, **kwargs):
+        seen.append([p.grad.clone() for p in t.model.parameters()])
+        raise _FirstStep
+    t.optimizer.step = step
+    with pytest.raises(_FirstStep):
+        t.train_one_epoch(0)
+    return seen[0]
+
+
+def test_max_grad_norm_scales_the_whole_gradient_down_to_it(trainer):
+    torch.manual_seed(1)
+    g = first_step_grads(trainer())
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p) for p in g]))
+    for clip in (norm.item() / 3, norm.item() * 3):
+        torch.manual_seed(1)
+        clipped = first_step_grads(trainer(f"--max_grad_norm={clip}"))
+        scale = min(1.0, clip / norm.item())  # one factor for all parameters: the direction stays
+        assert all(torch.allclose(c, p * scale, rtol=1e-5, atol=1e-9) for c, p in zip(clipped, g))
