@@ -13,6 +13,7 @@ stderr and exit code 1 (2 for a flag argparse rejects); Ctrl-C (or SIGTERM) stop
 once, saying which epoch is saved, with exit code 130 (143).
 """
 import contextlib
+import gc
 import glob
 import os
 import random
@@ -202,4 +203,7 @@ if __name__ == "__main__":
         sys.exit(128 + stopped_by)
     finally:
         if torch.distributed.is_initialized():
+            # DDP and the trainer sit in reference cycles: free them while the group lives, or
+            # one may go at interpreter exit and abort the process (SIGABRT, now and then)
+            gc.collect()
             torch.distributed.destroy_process_group()
