@@ -53,6 +53,7 @@ def test_flag_table_matches_the_parser():
                                   "plots/learning_curve.png", "plots/example.gif",
                                   "plots/paper_tasks.png", "plots/cluttered100.gif",
                                   "ckpt/shipped/ram_8_12x12_2_k3_lstm_translated60_model_best.pth.tar",
+                                  "ckpt/shipped/ram_6_12x12_2_k3_lstm_translated60_model_best.pth.tar",
                                   "ckpt/shipped/ram_8_12x12_2_k3_lstm_cluttered60_params.json",
                                   "ckpt/shipped/ram_8_12x12_2_k4_lstm_cluttered100_model_best.pth.tar"])
 def test_files_the_readme_names_exist(path):
