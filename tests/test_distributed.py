@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun (gloo on CPU): the same algorithm as one process,
 checkpoints that move between the two, and faults that stop every process."""
 import functools
+import gc
 import os
 import re
 import signal
@@ -148,6 +149,7 @@ def two_ranks(rank, port, tmp, fn):
     try:
         torch.save(fn(rank), os.path.join(tmp, f"rank{rank}.pt"))
     finally:
+        gc.collect()  # as main.py: DDP freed at exit, after the group, may abort the process
         dist.destroy_process_group()
 
 
