@@ -134,13 +134,12 @@ class Trainer:
         loader.set_epoch(epoch)
         plot = self.config.plot_freq > 0 and epoch % self.config.plot_freq == 0
         loss_sum = correct = seen = 0
+        recent = []  # the losses since the last look at them, left on the device till then
         tic = time.time()
         with tqdm(total=loader.local_samples, leave=False, disable=not self.master) as pbar:
             for i, (x, y) in enumerate(loader):
                 out, losses = self.run(x, y)
                 loss = losses.total
-                if not torch.isfinite(loss):  # before the step: the weights stay good
-                    raise self.diverged(loss, epoch, i)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clip = self.config.max_grad_norm
@@ -148,13 +147,17 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 self.optimizer.step()
 
-                loss_sum += loss.detach() * len(y)
+                recent.append(loss.detach().clone())  # a CUDA graph's next replay reuses it
+                loss_sum += recent[-1] * len(y)
                 correct += losses.R.sum()
                 seen += len(y)
                 if plot and i == 0:
                     self.glimpses = (loader.pictures(x[:9]).cpu().numpy(),
                                      out.locs[:9].detach().cpu().numpy())
                 if (i + 1) % self.config.print_freq == 0 or seen == loader.local_samples:
+                    # checked here, not every batch: reading a GPU's loss stalls it. A loss
+                    # gone bad stops training before the epoch ends, so nothing bad is saved
+                    self.check_finite(recent, epoch, i)
                     avg_loss, avg_acc = loss_sum.item() / seen, 100 * correct.item() / seen
                     pbar.set_description("{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
                         time.time() - tic, avg_loss, avg_acc))
@@ -163,6 +166,14 @@ class Trainer:
                              train_loss=avg_loss, train_acc=avg_acc)
         loss_sum, correct, seen = utils.all_sum(loss_sum, correct, seen, device=self.device)
         return loss_sum / seen, 100 * correct / seen
+
+    def check_finite(self, recent, epoch, i):
+        """Raises Diverged at the first non-finite loss of batches i+1-len(recent)..i."""
+        bad = (~torch.isfinite(torch.stack(recent))).nonzero()
+        if len(bad):
+            j = int(bad[0])
+            raise self.diverged(recent[j], epoch, i + 1 - len(recent) + j)
+        recent.clear()
 
     def diverged(self, loss, epoch, i):
         saved = self.saved_epoch()

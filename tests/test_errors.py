@@ -185,6 +185,31 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, monkeypatch):
     assert snapshot(workdir / "ckpt") == before
 
 
+def test_a_bad_loss_between_two_looks_is_named_at_its_batch(workdir, monkeypatch):
+    """The losses are looked at every --print_freq batches (a GPU is not stalled each step):
+    a loss that turns infinite at batch 13, seen at batch 20, is still named at 13."""
+    import config
+    import data_loader
+    from trainer import Diverged, Trainer
+    monkeypatch.chdir(workdir)
+    cfg = config.get_config(["--plot_freq=0", "--batch_size=4", "--print_freq=10", "--M=2",
+                             "--num_workers=0"])
+    utils.prepare_dirs(cfg.ckpt_dir)
+    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    rollout, calls = trainer.run, []
+
+    def run(x, y, M=1):
+        out, losses = rollout(x, y, M)
+        calls.append(len(calls) + 1)
+        return out, losses._replace(action=losses.action * float("inf")) if calls[-1] == 13 \
+            else losses
+    trainer.run = run
+    with pytest.raises(Diverged, match=r"the loss became inf in epoch 1, batch 13; training "
+                                       "stopped and no checkpoint was written"):
+        trainer.train_one_epoch(0)
+    assert calls[-1] == 20 and not os.listdir(cfg.ckpt_dir)
+
+
 def start_training(cwd, *args):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     # Ctrl-C as a terminal delivers it: a test run started in the background (cmd &) inherits
