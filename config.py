@@ -169,7 +169,8 @@ misc_arg.add_argument("--use_tensorboard", type=str2bool, default=False,
 misc_arg.add_argument("--resume", type=str2bool, default=False,
                       help="Whether to resume training from checkpoint")
 misc_arg.add_argument("--print_freq", type=int, default=10,
-                      help="How frequently (in batches) to update the progress bar")
+                      help="How frequently (in batches) to update the progress bar (and look for a "
+                           "non-finite loss)")
 misc_arg.add_argument("--plot_freq", type=int, default=1,
                       help="How frequently (in epochs) to save glimpses (0: never)")
 misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
