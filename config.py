@@ -3,10 +3,8 @@ seed's published run (ram_6_8x8_2). A typo or a bad value is one error line, not
 import argparse
 import difflib
 import math
-import os
-import sys
 
-from utils import UserError
+from utils import UserError, error_exit
 
 DATASETS = ("mnist", "translated", "cluttered", "folder")
 CANVAS_FLAGS = ("canvas_size", "num_clutter", "clutter_size")
@@ -21,9 +19,7 @@ class Parser(argparse.ArgumentParser):
             close = [m for t in typos for m in difflib.get_close_matches(t, flags, 1)]
             if close:
                 message += f"; did you mean {', '.join(close)}?"
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
-            sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(2)
+        error_exit(f"{self.prog}: error: {message} (see --help)", 2)
 
 
 class Removed(argparse.Action):

@@ -196,8 +196,7 @@ if __name__ == "__main__":
         check(config)
         main(config)
     except UserError as e:
-        say(f"main.py: error: {e}")
-        sys.exit(1)
+        utils.error_exit(f"main.py: error: {e}", 1)
     except BrokenPipeError:  # --predict ... | head: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

@@ -5,8 +5,10 @@ import json
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 import torch
@@ -14,6 +16,20 @@ import torch
 
 class UserError(Exception):
     """A user's mistake (flag, file, checkpoint): main prints it as one line, no traceback."""
+
+
+def error_exit(line, code):
+    """Says a user error once and exits. Under torchrun the error is most often every rank's:
+    rank 0 says it and torchrun then stops the other ranks, which wait for that, since one that
+    left first would get rank 0 stopped before it spoke. A rank's error of its own is said
+    after that wait."""
+    if os.environ.get("RANK", "0") != "0":
+        try:
+            time.sleep(30)
+        except KeyboardInterrupt:  # main.py's SIGTERM handler: rank 0 has spoken
+            sys.exit(code)
+    sys.stderr.write(line + "\n")
+    sys.exit(code)
 
 
 def model_name(config):

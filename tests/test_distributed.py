@@ -95,6 +95,20 @@ def test_a_user_error_is_one_line_from_all_processes(workdir, flag, line):
     assert not (workdir / "ckpt").exists()
 
 
+@pytest.mark.parametrize("flag", ["--bogus=1", "--std=0"])
+def test_another_rank_leaves_a_user_error_to_rank_0(workdir, flag):
+    """Rank 1 says nothing and stays until torchrun stops it (as it does once rank 0 has said
+    the error): a rank 1 that left first got rank 0 stopped before it spoke."""
+    env = dict(os.environ, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), flag], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # python and torch start, the flags are read and refused
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == (2 if flag == "--bogus=1" else 1) and not err and not out
+
+
 def start_torchrun(cwd, *args):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([*TORCHRUN, "--standalone", "--nproc_per_node=2",
