@@ -111,12 +111,11 @@ def start(config):
     if config.compile:
         raise UserError("--compile=True does not run under torchrun yet: leave it off there")
     device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu")
-    if not cuda:
-        torch.distributed.init_process_group("gloo")
-        return device
-    torch.cuda.set_device(device)
+    if cuda:
+        torch.cuda.set_device(device)
     # device_id: NCCL binds this rank to its GPU now (without it, it guesses from the rank)
-    torch.distributed.init_process_group("nccl", device_id=device)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo",
+                                         device_id=device if cuda else None)
     return device
 
 

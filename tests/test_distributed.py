@@ -102,7 +102,7 @@ def test_another_rank_leaves_a_user_error_to_rank_0(workdir, flag):
     env = dict(os.environ, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), flag], cwd=workdir,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # python and torch start, the flags are read and refused
+    time.sleep(15)  # python and torch start (slowly on a busy CI machine), the flags refused
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
