@@ -16,6 +16,7 @@ import utils
 from model import RecurrentAttention, Rollout, compiled, loss_terms
 from utils import UserError
 
+
 class Diverged(UserError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
 
