@@ -90,8 +90,10 @@ def get_args(argv=None):
     p.add_argument("--num_patches", type=int, default=1, help="k")
     p.add_argument("--glimpse_scale", type=int, default=2, help="s")
     p.add_argument("--num_glimpses", type=int, default=6, help="T")
-    p.add_argument("--core", choices=("rnn", "lstm"), default="rnn",
-                   help="the core network (lstm: through autograd, as main.py trains it)")
+    p.add_argument("--core", choices=("rnn", "lstm"), default="rnn", help="the core network")
+    p.add_argument("--autograd", type=config.str2bool, default=False,
+                   help="backpropagate through the glimpse loop with autograd, as main.py "
+                        "--autograd=True (default: the written-out backward)")
     p.add_argument("--batch_size", type=int, default=32, help="training batch")
     p.add_argument("--M", type=int, default=10, help="Monte-Carlo rows per evaluated image")
     p.add_argument("--compile", type=config.str2bool, default=False,
@@ -136,7 +138,7 @@ def main():
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale,
-                               core=cfg.core).to(device)
+                               core=cfg.core, autograd=cfg.autograd).to(device)
     if cfg.seed_style:
         model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=not cfg.seed_style)
@@ -188,7 +190,7 @@ def main():
     print(f"{style} on {name}: {cfg.dataset} {cfg.size}x{cfg.size}, batch {cfg.batch_size}, "
           f"{cfg.num_patches} scale(s) of "
           f"{cfg.patch_size}x{cfg.patch_size}, {T} glimpses, {cfg.core} core, M={cfg.M}"
-          + (", compiled" if cfg.compile else ""))
+          + (", compiled" if cfg.compile else "") + (", autograd" if cfg.autograd else ""))
     train_ips = timed(train_step, cfg.batch_size)
     eval_ips = timed(eval_step, eval_bs) * cfg.M  # rows per second
     est = NUM_TRAIN / train_ips + NUM_VALID * cfg.M / eval_ips

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GlimpseLoop, RecurrentAttention, Rollout, glimpse_loop, loss_terms
-from modules import LocationNetwork
+from modules import LocationNetwork, LSTMCore
 
 SEED_KEYS = [f"{m}.{p}" for m in ("sensor.fc1", "sensor.fc2", "sensor.fc3", "sensor.fc4",
                                   "rnn.i2h", "rnn.h2h", "locator.fc", "classifier.fc",
@@ -28,10 +28,18 @@ def plain_rollout(model, x, l_0, T, eps):
     and h_1..h_T (B, T, hidden)."""
     s, r, std = model.sensor, model.rnn, model.std
     h, l, hs, log_pi, b, locs = x.new_zeros(len(x), 256), l_0, [], [], [], []
+    c = torch.zeros_like(h)
     for t in range(T):
         locs.append(l)
         g = F.relu(s.fc3(F.relu(s.fc1(s.retina.foveate(x, l)))) + s.fc4(F.relu(s.fc2(l))))
-        h = F.relu(r.i2h(g) + r.h2h(h))
+        if isinstance(r, LSTMCore):
+            w = r.cell
+            i, f, gg, o = (g @ w.weight_ih.t() + w.bias_ih + h @ w.weight_hh.t()
+                           + w.bias_hh).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            h = F.relu(r.i2h(g) + r.h2h(h))
         mu = torch.tanh(model.locator.fc(h.detach()))
         l_raw = (mu + std * eps[t]).detach()
         hs.append(h)
@@ -91,12 +99,12 @@ def test_networks_per_step_equal_plain_equations():
     assert not l_t.requires_grad  # the policy's action, even with autograd on
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_gradients_equal_plain_backprop(k):
+@pytest.mark.parametrize("k,core", [(1, "rnn"), (3, "rnn"), (3, "lstm")])
+def test_gradients_equal_plain_backprop(k, core):
     """Every parameter's gradient of the hybrid loss equals backprop through the plain loop,
     and evaluation without autograd gives the same loss."""
     torch.manual_seed(8)
-    model = RecurrentAttention(g=6, k=k, s=2)
+    model = RecurrentAttention(g=6, k=k, s=2, core=core)
     x, y, l_0 = torch.randn(7, 1, 28, 28), torch.randint(0, 10, (7,)), torch.rand(7, 2) * 2 - 1
     torch.manual_seed(9)
     ours = loss_terms(model(x, l_0, 5), y).total
@@ -279,7 +287,6 @@ def test_lstm_core_follows_the_lstm_equations():
     """--core=lstm: h_t from the gates i, f, g, o of W_ih g_t + W_hh h_{t-1} + b, with
     c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t), from h_0 = c_0 = 0, over three steps;
     and the model trains it through autograd (no GlimpseLoop)."""
-    from modules import LSTMCore
     torch.manual_seed(13)
     core = LSTMCore(5, 4)
     W_ih, W_hh = core.cell.weight_ih, core.cell.weight_hh
