@@ -40,7 +40,8 @@ def load(plot_dir, epoch):
         with open(paths[1], "rb") as f:
             locs = np.stack(pickle.load(f), 1)  # (9, T, 2)
     except Exception as e:
-        raise UserError(f"cannot read the pickles in {plot_dir} ({type(e).__name__}: {e})") from None
+        raise UserError(f"cannot read the pickles in {plot_dir} "
+                        f"({type(e).__name__}: {e})") from None
     return np.asarray(imgs), locs
 
 
