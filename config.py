@@ -137,6 +137,10 @@ train_arg.add_argument("--lr_patience", type=int, default=10,
 train_arg.add_argument("--max_grad_norm", type=float, default=0,
                        help="clip the gradient's norm over all parameters to this before each "
                             "step (0: no clipping, as the seed)")
+train_arg.add_argument("--ema_decay", type=float, default=0,
+                       help="validate, keep and test an exponential moving average of the "
+                            "weights with this decay per step (0: the weights themselves, as "
+                            "the seed; 0.999 averages over about 1,000 steps)")
 train_arg.add_argument("--train_patience", type=int, default=50,
                        help="Number of epochs to wait before stopping train")
 train_arg.add_argument("--overwrite", type=str2bool, default=False,
@@ -197,6 +201,8 @@ def check(config):
         raise UserError(f"--valid_size must be in [0, 1), got {config.valid_size}")
     if not config.max_grad_norm >= 0:
         raise UserError(f"--max_grad_norm must be 0 (off) or positive, got {config.max_grad_norm}")
+    if not 0 <= config.ema_decay < 1:
+        raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
     if not config.init_lr > 0:
         raise UserError(f"--init_lr must be positive, got {config.init_lr}")
     if config.hidden_size != config.glimpse_hidden + config.loc_hidden:

@@ -10,6 +10,7 @@ import pickle
 import time
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import utils
@@ -49,6 +50,11 @@ class Trainer:
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device] if device.type == "cuda" else None)
+        # --ema_decay: validation, the checkpoints' model_state and so test see a moving average
+        # of the weights, less noisy than the weights REINFORCE leaves after each step
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(
+            config.ema_decay), use_buffers=True) if config.ema_decay and config.is_train else None
+        self.evaluated = self.ema.module if self.ema else self.model
         # --compile: the rollout and the loss as one compiled function (forward and backward)
         self.run = compiled(self.rollout, device) if config.compile else self.rollout
         print("[*] Number of model parameters: {:,}".format(
@@ -77,7 +83,7 @@ class Trainer:
         M > 1 on M copies of each image, outputs averaged over the copies as in the seed
         (log-probabilities, log pi and baselines alike)."""
         B = x.shape[0]
-        net = self.net if torch.is_grad_enabled() else self.model  # DDP only where it syncs
+        net = self.net if torch.is_grad_enabled() else self.evaluated  # DDP only where it syncs
         out = net(x, self.initial_location(M * B), self.num_glimpses)
         if M > 1:
             out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
@@ -147,6 +153,8 @@ class Trainer:
                 if clip > 0:  # after DDP's all-reduce, so every rank clips alike
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 self.optimizer.step()
+                if self.ema:
+                    self.ema.update_parameters(self.model)
 
                 recent.append(loss.detach().clone())  # a CUDA graph's next replay reuses it
                 loss_sum += recent[-1] * len(y)
@@ -186,7 +194,7 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, loader):
         """(loss, accuracy %, correct count) with M Monte-Carlo runs per image."""
-        self.model.eval()
+        self.evaluated.eval()
         loss_sum = correct = 0
         with torch.no_grad():
             for x, y in loader:
@@ -255,7 +263,7 @@ class Trainer:
         states = utils.all_gather(utils.rng_state())  # every process's, for an exact resume
         state = {
             "epoch": epoch,
-            "model_state": self.model.state_dict(),
+            "model_state": self.evaluated.state_dict(),
             "optim_state": self.optimizer.state_dict(),
             "best_valid_acc": self.best_valid_acc,
             "scheduler_state": self.scheduler.state_dict(),
@@ -267,6 +275,8 @@ class Trainer:
                      "image_shape": list(self.train_loader.image_shape),
                      "classes": list(self.train_loader.classes)},
         }
+        if self.ema:  # the weights training goes on from, and how many steps are averaged
+            state.update(train_state=self.model.state_dict(), ema_steps=int(self.ema.n_averaged))
         if not self.master:
             return
         with utils.signals_held():  # Ctrl-C between the files would leave the best behind
@@ -294,7 +304,8 @@ class Trainer:
         json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
         utils.check_params(ckpt, path, json_path, self.config)
         try:
-            self.model.load_state_dict(ckpt["model_state"])
+            self.model.load_state_dict(ckpt["model_state"] if best else
+                                       ckpt.get("train_state", ckpt["model_state"]))
         except RuntimeError:
             raise UserError(utils.shape_mismatch(path, ckpt["model_state"],
                                                  self.model)) from None
@@ -305,6 +316,9 @@ class Trainer:
             if "scheduler_state" in ckpt:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])
             self.counter = ckpt.get("counter", 0)
+            if self.ema:  # a checkpoint without one starts its average from model_state
+                self.ema.module.load_state_dict(ckpt["model_state"])
+                self.ema.n_averaged.fill_(ckpt.get("ema_steps", 0))
             states = ckpt.get("rng_states") or [ckpt.get("rng_state")]
             if len(states) == self.world and states[0] is not None:
                 utils.set_rng_state(states[self.rank])

@@ -81,16 +81,21 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     assert f"holds {name} (" in proc.stderr and "--canvas_size=40" in proc.stderr
 
 
-def test_resume_is_exact(workdir, tmp_path):
-    """1 epoch, then --resume=True to 2, gives the same weights bit for bit as 2 epochs."""
+@pytest.mark.parametrize("flags", [(), ("--ema_decay=0.9",)])
+def test_resume_is_exact(workdir, tmp_path, flags):
+    """1 epoch, then --resume=True to 2, gives the same weights bit for bit as 2 epochs (and
+    with --ema_decay the same average, the model_state, beside the weights trained)."""
     straight = tmp_path / "straight"
-    run_main(workdir, "--epochs=2", f"--ckpt_dir={straight}", *TINY)
-    run_main(workdir, "--epochs=1", *TINY)
-    run_main(workdir, "--epochs=2", "--resume=True", *TINY)
+    run_main(workdir, "--epochs=2", f"--ckpt_dir={straight}", *TINY, *flags)
+    run_main(workdir, "--epochs=1", *TINY, *flags)
+    run_main(workdir, "--epochs=2", "--resume=True", *TINY, *flags)
     a = torch.load(straight / f"{NAME}_ckpt.pth.tar", weights_only=True)
     b = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
-    for k, v in a["model_state"].items():
-        assert torch.equal(v, b["model_state"][k]), k
+    states = ("model_state", "train_state") if flags else ("model_state",)
+    assert a.get("ema_steps") == b.get("ema_steps") == (12 if flags else None)  # 2 x 6 batches
+    for state in states:
+        for k, v in a[state].items():
+            assert torch.equal(v, b[state][k]), (state, k)
     assert a["optim_state"]["state"][0]["step"] == b["optim_state"]["state"][0]["step"]
     assert a["counter"] == b["counter"] and a["best_valid_acc"] == b["best_valid_acc"]
     assert a["scheduler_state"] == b["scheduler_state"]

@@ -70,6 +70,8 @@ def trained(tmp_path_factory):
     (["--std=-0.1"], ["--std"]),
     (["--max_grad_norm=-1"], ["--max_grad_norm", "0 (off) or positive"]),
     (["--max_grad_norm=nan"], ["--max_grad_norm", "finite"]),
+    (["--ema_decay=1"], ["--ema_decay", "[0, 1)"]),
+    (["--ema_decay=nan"], ["--ema_decay", "[0, 1)"]),
     (["--valid_size=1"], ["--valid_size", "[0, 1)"]),
     (["--valid_size=-0.5"], ["--valid_size"]),
     (["--hidden_size=200"], ["--hidden_size", "--glimpse_hidden + --loc_hidden"]),

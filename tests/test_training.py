@@ -143,3 +143,36 @@ def test_max_grad_norm_scales_the_whole_gradient_down_to_it(trainer):
         clipped = first_step_grads(trainer(f"--max_grad_norm={clip}"))
         scale = min(1.0, clip / norm.item())  # one factor for all parameters: the direction stays
         assert all(torch.allclose(c, p * scale, rtol=1e-5, atol=1e-9) for c, p in zip(clipped, g))
+
+
+def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer, tmp_path):
+    """--ema_decay=d: after the steps' weights w_1..w_n, the average a_1 = w_1,
+    a_k = d a_(k-1) + (1 - d) w_k is what validation runs and what model_state holds; the
+    weights trained go on in train_state."""
+    t = trainer("--ema_decay=0.8", "--M=2", "--epochs=1")
+    steps, step = [], t.optimizer.step
+
+    def step_and_record(*args, **kwargs):
+        step(*args, **kwargs)
+        steps.append([p.detach().clone() for p in t.model.parameters()])
+    t.optimizer.step = step_and_record
+    torch.manual_seed(5)
+    t.train()
+    average = steps[0]
+    for w in steps[1:]:
+        average = [0.8 * a + 0.2 * p for a, p in zip(average, w)]
+    assert len(steps) == 6  # 90 training images, 16 a batch
+    for a, p in zip(average, t.evaluated.parameters()):
+        torch.testing.assert_close(p, a)
+    ckpt = torch.load(t.ckpt_path(best=False), weights_only=True)
+    names = [n for n, _ in t.model.named_parameters()]
+    for n, a, w in zip(names, average, steps[-1]):
+        torch.testing.assert_close(ckpt["model_state"][n], a)
+        assert torch.equal(ckpt["train_state"][n], w) and not torch.equal(a, w)
+    # validation runs the average: the same figures as a plain model holding it
+    plain = trainer("--M=2")
+    plain.model.load_state_dict(ckpt["model_state"])
+    torch.manual_seed(6)
+    got = t.evaluate(t.valid_loader)
+    torch.manual_seed(6)
+    assert got == plain.evaluate(plain.valid_loader)
