@@ -92,7 +92,7 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def train(self):
         if self.config.resume:
-            self.load_checkpoint(best=False)
+            self.load_checkpoint(best=False, resume=True)
             if self.start_epoch >= self.config.epochs:
                 raise UserError(f"the checkpoint has {self.start_epoch} epochs and --epochs="
                                 f"{self.config.epochs} is the total: pass a larger --epochs")
@@ -295,7 +295,7 @@ class Trainer:
         except Exception:
             return None
 
-    def load_checkpoint(self, best):
+    def load_checkpoint(self, best, resume=False):
         path = self.ckpt_path(best)
         print("[*] Loading model from {}".format(self.config.ckpt_dir))
         if not os.path.isfile(path):
@@ -304,14 +304,14 @@ class Trainer:
         json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
         utils.check_params(ckpt, path, json_path, self.config)
         try:
-            self.model.load_state_dict(ckpt["model_state"] if best else
-                                       ckpt.get("train_state", ckpt["model_state"]))
+            self.model.load_state_dict(ckpt.get("train_state", ckpt["model_state"]) if resume
+                                       else ckpt["model_state"])
         except RuntimeError:
             raise UserError(utils.shape_mismatch(path, ckpt["model_state"],
                                                  self.model)) from None
         self.start_epoch = ckpt["epoch"]
         self.best_valid_acc = ckpt["best_valid_acc"]
-        if not best:  # resuming: everything the next epoch depends on
+        if resume:  # everything the next epoch depends on
             self.optimizer.load_state_dict(ckpt["optim_state"])
             if "scheduler_state" in ckpt:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])

@@ -145,7 +145,7 @@ def test_max_grad_norm_scales_the_whole_gradient_down_to_it(trainer):
         assert all(torch.allclose(c, p * scale, rtol=1e-5, atol=1e-9) for c, p in zip(clipped, g))
 
 
-def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer, tmp_path):
+def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer):
     """--ema_decay=d: after the steps' weights w_1..w_n, the average a_1 = w_1,
     a_k = d a_(k-1) + (1 - d) w_k is what validation runs and what model_state holds; the
     weights trained go on in train_state."""
@@ -176,3 +176,8 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer
     got = t.evaluate(t.valid_loader)
     torch.manual_seed(6)
     assert got == plain.evaluate(plain.valid_loader)
+    # testing the latest checkpoint (--best=False) tests the average too, not train_state
+    tester = trainer("--is_train=False", "--best=False", "--ema_decay=0.8", "--M=2")
+    tester.load_checkpoint(best=False)
+    for n, p in tester.model.named_parameters():
+        assert torch.equal(p, ckpt["model_state"][n]), n
