@@ -134,6 +134,10 @@ train_arg.add_argument("--epochs", type=int, default=200,
 train_arg.add_argument("--init_lr", type=float, default=3e-4, help="Initial learning rate value")
 train_arg.add_argument("--lr_patience", type=int, default=10,
                        help="Number of epochs to wait before reducing lr")
+train_arg.add_argument("--lr_decay", type=float, default=1,
+                       help="below 1: multiply the learning rate by this after every epoch "
+                            "(tfRAM: 0.98), ignoring --lr_patience; 1: the seed's schedule, "
+                            "x0.1 after --lr_patience epochs without a better validation")
 train_arg.add_argument("--max_grad_norm", type=float, default=0,
                        help="clip the gradient's norm over all parameters to this before each "
                             "step (0: no clipping, as the seed)")
@@ -192,7 +196,7 @@ def check(config):
     if config.num_patches > 1 and config.glimpse_scale < 1:
         raise UserError(f"--glimpse_scale must be at least 1 with --num_patches="
                         f"{config.num_patches}, got {config.glimpse_scale}")
-    for name in ("std", "init_lr", "valid_size", "max_grad_norm"):
+    for name in ("std", "init_lr", "lr_decay", "valid_size", "max_grad_norm"):
         if not math.isfinite(getattr(config, name)):
             raise UserError(f"--{name} must be a finite number, got {getattr(config, name)}")
     if not config.std > 0:
@@ -203,6 +207,8 @@ def check(config):
         raise UserError(f"--max_grad_norm must be 0 (off) or positive, got {config.max_grad_norm}")
     if not 0 <= config.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
+    if not 0 < config.lr_decay <= 1:
+        raise UserError(f"--lr_decay must be in (0, 1], got {config.lr_decay}")
     if not config.init_lr > 0:
         raise UserError(f"--init_lr must be positive, got {config.init_lr}")
     if config.hidden_size != config.glimpse_hidden + config.loc_hidden:

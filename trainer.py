@@ -60,13 +60,16 @@ class Trainer:
         print("[*] Number of model parameters: {:,}".format(
             sum(p.numel() for p in self.model.parameters())))
 
-        self.optimizer = adam(self.model.parameters(), config.init_lr, device)
+        self.optimizer = utils.adam(self.model.parameters(), config.init_lr, device)
         # validation accuracy should go up: the seed steps on its negative with mode "min";
         # an absolute threshold of 0 makes "better" strictly higher, as for the best model
-        # (the default relative one, on a negative number, took an equal accuracy as better)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, "min", patience=config.lr_patience, threshold=0,
-            threshold_mode="abs")
+        # (the default relative one, on a negative number, took an equal accuracy as better).
+        # --lr_decay < 1: tfRAM's schedule instead, x lr_decay every epoch, blind to validation
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizer, config.lr_decay) if config.lr_decay < 1 else \
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, "min", patience=config.lr_patience, threshold=0,
+                threshold_mode="abs")
         # -inf, not the seed's 0: a first epoch at 0% must still leave a best checkpoint
         self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
         self.writer = None
@@ -116,7 +119,7 @@ class Trainer:
                 valid_loss, valid_acc, _ = self.evaluate(self.valid_loader)
             else:  # --valid_size=0: the training figures stand in for validation
                 valid_loss, valid_acc = train_loss, train_acc
-            self.scheduler.step(-valid_acc)
+            self.scheduler.step(*([] if self.config.lr_decay < 1 else [-valid_acc]))
 
             is_best = valid_acc > self.best_valid_acc
             msg = "train loss: {:.3f} - train acc: {:.3f} - val loss: {:.3f} - val acc: {:.3f}" \
@@ -312,6 +315,9 @@ class Trainer:
         self.start_epoch = ckpt["epoch"]
         self.best_valid_acc = ckpt["best_valid_acc"]
         if resume:  # everything the next epoch depends on
+            decay = ckpt.get("params", {}).get("lr_decay", 1)
+            if decay != self.config.lr_decay:  # the other schedule's state would not load
+                raise UserError(f"{path} was trained with --lr_decay={decay}: resume with it")
             self.optimizer.load_state_dict(ckpt["optim_state"])
             if "scheduler_state" in ckpt:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -342,11 +348,3 @@ def fmt(values):
     return "x".join(map(str, values)) if all(isinstance(v, int) for v in values) else \
         ", ".join(map(str, values))
 
-
-def adam(parameters, lr, device):
-    """Adam, fused into one kernel for all 18 tensors where this torch has it for device."""
-    parameters = list(parameters)
-    try:
-        return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
-    except RuntimeError:  # fused Adam on CPU came with torch 2.4
-        return torch.optim.Adam(parameters, lr=lr)

@@ -81,24 +81,28 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     assert f"holds {name} (" in proc.stderr and "--canvas_size=40" in proc.stderr
 
 
-@pytest.mark.parametrize("flags", [(), ("--ema_decay=0.9",)])
+@pytest.mark.parametrize("flags", [(), ("--ema_decay=0.9",), ("--lr_decay=0.5",)])
 def test_resume_is_exact(workdir, tmp_path, flags):
-    """1 epoch, then --resume=True to 2, gives the same weights bit for bit as 2 epochs (and
-    with --ema_decay the same average, the model_state, beside the weights trained)."""
+    """1 epoch, then --resume=True to 2, gives the same weights bit for bit as 2 epochs (with
+    --ema_decay the same average, the model_state, beside the weights trained; with --lr_decay
+    the same schedule)."""
     straight = tmp_path / "straight"
     run_main(workdir, "--epochs=2", f"--ckpt_dir={straight}", *TINY, *flags)
     run_main(workdir, "--epochs=1", *TINY, *flags)
     run_main(workdir, "--epochs=2", "--resume=True", *TINY, *flags)
     a = torch.load(straight / f"{NAME}_ckpt.pth.tar", weights_only=True)
     b = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
-    states = ("model_state", "train_state") if flags else ("model_state",)
-    assert a.get("ema_steps") == b.get("ema_steps") == (12 if flags else None)  # 2 x 6 batches
+    ema = any("ema" in f for f in flags)
+    states = ("model_state", "train_state") if ema else ("model_state",)
+    assert a.get("ema_steps") == b.get("ema_steps") == (12 if ema else None)  # 2 x 6 batches
     for state in states:
         for k, v in a[state].items():
             assert torch.equal(v, b[state][k]), (state, k)
     assert a["optim_state"]["state"][0]["step"] == b["optim_state"]["state"][0]["step"]
     assert a["counter"] == b["counter"] and a["best_valid_acc"] == b["best_valid_acc"]
     assert a["scheduler_state"] == b["scheduler_state"]
+    assert a["optim_state"]["param_groups"][0]["lr"] == (7.5e-5 if "--lr_decay=0.5" in flags
+                                                         else 3e-4)
 
 
 def test_batch_size_one_and_other_glimpse_settings(workdir):

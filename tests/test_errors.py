@@ -72,6 +72,9 @@ def trained(tmp_path_factory):
     (["--max_grad_norm=nan"], ["--max_grad_norm", "finite"]),
     (["--ema_decay=1"], ["--ema_decay", "[0, 1)"]),
     (["--ema_decay=nan"], ["--ema_decay", "[0, 1)"]),
+    (["--lr_decay=0"], ["--lr_decay", "(0, 1]"]),
+    (["--lr_decay=1.5"], ["--lr_decay", "(0, 1]"]),
+    (["--lr_decay=nan"], ["--lr_decay", "finite"]),
     (["--valid_size=1"], ["--valid_size", "[0, 1)"]),
     (["--valid_size=-0.5"], ["--valid_size"]),
     (["--hidden_size=200"], ["--hidden_size", "--glimpse_hidden + --loc_hidden"]),
@@ -406,6 +409,13 @@ def test_resuming_past_epochs_is_refused(trained):
     before = snapshot(trained / "ckpt")
     proc = run_main(trained, "--resume=True", "--epochs=1", *TINY, check=False)
     assert_user_error(proc, "the checkpoint has 1 epochs", "--epochs=1 is the total")
+    assert snapshot(trained / "ckpt") == before
+
+
+def test_resuming_under_the_other_lr_schedule_is_refused(trained):
+    before = snapshot(trained / "ckpt")
+    proc = run_main(trained, "--resume=True", "--epochs=2", "--lr_decay=0.9", *TINY, check=False)
+    assert_user_error(proc, "was trained with --lr_decay=1: resume with it")
     assert snapshot(trained / "ckpt") == before
 
 

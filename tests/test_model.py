@@ -268,7 +268,7 @@ def test_compiled_rollout_matches_eager(monkeypatch):
 
 def test_adam_falls_back_where_fused_is_missing(monkeypatch):
     """Fused Adam on CPU needs torch 2.4; an older torch raises RuntimeError for fused=True."""
-    from trainer import adam
+    from utils import adam
     params = [torch.nn.Parameter(torch.ones(3))]
     assert adam(params, 1e-3, torch.device("cpu")).defaults["fused"]
     real = torch.optim.Adam

@@ -50,6 +50,12 @@ def test_lr_is_cut_only_when_validation_stops_improving(trainer):
     assert lrs[6] == pytest.approx(3e-5)
 
 
+def test_lr_decay_multiplies_the_lr_every_epoch_whatever_validation_does(trainer):
+    t = trainer("--lr_decay=0.5", "--lr_patience=1", "--epochs=5")
+    lrs = scripted(t, [10, 10, 10, 20, 30])
+    assert lrs == pytest.approx([3e-4 * 0.5 ** k for k in range(5)])
+
+
 def test_early_stop_after_train_patience_epochs_without_improvement(trainer):
     t = trainer("--train_patience=2", "--epochs=20")
     lrs = scripted(t, [50, 40, 40, 40, 40, 40, 40, 40])
