@@ -315,7 +315,7 @@ class Trainer:
         self.start_epoch = ckpt["epoch"]
         self.best_valid_acc = ckpt["best_valid_acc"]
         if resume:  # everything the next epoch depends on
-            decay = ckpt.get("params", {}).get("lr_decay", 1)
+            decay = (ckpt.get("params") or {}).get("lr_decay", 1)
             if decay != self.config.lr_decay:  # the other schedule's state would not load
                 raise UserError(f"{path} was trained with --lr_decay={decay}: resume with it")
             self.optimizer.load_state_dict(ckpt["optim_state"])
