@@ -145,6 +145,10 @@ train_arg.add_argument("--ema_decay", type=float, default=0,
                        help="validate, keep and test an exponential moving average of the "
                             "weights with this decay per step (0: the weights themselves, as "
                             "the seed; 0.999 averages over about 1,000 steps)")
+train_arg.add_argument("--init_from", type=str, default=None,
+                       help="start training from the weights of this checkpoint file (a shipped "
+                            "model, say): a new run, with a new optimizer, schedule and epoch "
+                            "count (ignored with --resume=True, which continues a run)")
 train_arg.add_argument("--train_patience", type=int, default=50,
                        help="Number of epochs to wait before stopping train")
 train_arg.add_argument("--overwrite", type=str2bool, default=False,

@@ -99,6 +99,9 @@ class Trainer:
             if self.start_epoch >= self.config.epochs:
                 raise UserError(f"the checkpoint has {self.start_epoch} epochs and --epochs="
                                 f"{self.config.epochs} is the total: pass a larger --epochs")
+        elif self.config.init_from:  # fine-tuning, or a warm restart: the weights alone
+            self.load_checkpoint(path=self.config.init_from)
+            self.start_epoch, self.best_valid_acc = 0, -math.inf
         if self.master:
             utils.save_config(self.config)
         if self.config.use_tensorboard and self.master:
@@ -298,14 +301,17 @@ class Trainer:
         except Exception:
             return None
 
-    def load_checkpoint(self, best, resume=False):
-        path = self.ckpt_path(best)
-        print("[*] Loading model from {}".format(self.config.ckpt_dir))
+    def load_checkpoint(self, best=True, resume=False, path=None):
+        """This run's checkpoint (all of it on resume), or the weights at path (--init_from)."""
+        own, path = path is None, path or self.ckpt_path(best)
+        print("[*] Loading model from {}".format(self.config.ckpt_dir if own else path))
         if not os.path.isfile(path):
-            raise UserError(utils.missing_checkpoint(path, self.config))
+            raise UserError(utils.missing_checkpoint(path, self.config) if own
+                            else f"--init_from: no checkpoint {path}")
         ckpt = utils.read_checkpoint(path, self.device)
-        json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
-        utils.check_params(ckpt, path, json_path, self.config)
+        if own:
+            json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
+            utils.check_params(ckpt, path, json_path, self.config)
         try:
             self.model.load_state_dict(ckpt.get("train_state", ckpt["model_state"]) if resume
                                        else ckpt["model_state"])

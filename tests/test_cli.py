@@ -105,6 +105,34 @@ def test_resume_is_exact(workdir, tmp_path, flags):
                                                          else 3e-4)
 
 
+def test_init_from_starts_a_new_run_from_trained_weights(workdir, tmp_path):
+    """--init_from: epoch 1 of a new run, from the file's weights (at a learning rate too small
+    to move them), with a new optimizer and a best of its own, on other data if need be; the
+    run then resumes like any other."""
+    run_main(workdir, "--epochs=1", *TINY)
+    source = workdir / "ckpt" / f"{NAME}_model_best.pth.tar"
+    a = torch.load(source, weights_only=True)
+    torch.save(dict(a, best_valid_acc=100.0, epoch=7), source)  # no new run can beat 100%
+    other = ["--dataset=translated", "--canvas_size=40"]  # the same sensor on other canvases
+    new = tmp_path / "new"
+    flags = [f"--init_from={source}", f"--ckpt_dir={new}", "--init_lr=1e-12", *other, *TINY]
+    out = run_main(workdir, "--epochs=1", *flags).stdout
+    assert "Epoch: 1/1 - LR: 0.000000" in out and f"Loading model from {source}" in out
+    name = f"{NAME}_translated40"
+    b = torch.load(new / f"{name}_model_best.pth.tar", weights_only=True)
+    assert b["epoch"] == 1 and b["best_valid_acc"] < 100
+    assert b["optim_state"]["state"][0]["step"] == 6  # 100 images, 16 a batch: a new Adam
+    for k, v in a["model_state"].items():
+        assert torch.allclose(v, b["model_state"][k], atol=1e-8), k
+    fresh = tmp_path / "fresh"
+    run_main(workdir, "--epochs=1", f"--ckpt_dir={fresh}", "--init_lr=1e-12", *other, *TINY)
+    c = torch.load(fresh / f"{name}_model_best.pth.tar", weights_only=True)
+    assert not torch.allclose(c["model_state"]["sensor.fc1.weight"],
+                              b["model_state"]["sensor.fc1.weight"], atol=1e-3)
+    out = run_main(workdir, "--epochs=2", "--resume=True", *flags).stdout  # its own flags again
+    assert "Epoch: 2/2" in out and f"Loaded {name}_ckpt.pth.tar checkpoint @ epoch 1" in out
+
+
 def test_batch_size_one_and_other_glimpse_settings(workdir):
     out = run_main(workdir, "--epochs=1", "--batch_size=1", "--M=1", "--print_freq=50",
                    "--valid_size=0").stdout

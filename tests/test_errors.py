@@ -419,6 +419,20 @@ def test_resuming_under_the_other_lr_schedule_is_refused(trained):
     assert snapshot(trained / "ckpt") == before
 
 
+def test_init_from_a_missing_broken_or_misfitting_file(trained, tmp_path):
+    best = trained / "ckpt" / f"{NAME}_model_best.pth.tar"
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(os.urandom(3000))
+    for source, flags, words in ((tmp_path / "none.pth.tar", [], ["--init_from: no checkpoint"]),
+                                 (junk, [], ["not a readable checkpoint"]),
+                                 (best, ["--patch_size=12"], ["another configuration",
+                                                              "(128, 64) vs (128, 144)"])):
+        proc = run_main(trained, "--epochs=1", f"--init_from={source}",
+                        f"--ckpt_dir={tmp_path / 'new'}", *flags, *TINY, check=False)
+        assert_user_error(proc, *words)
+        assert snapshot(tmp_path / "new") in (None, {})
+
+
 def test_not_a_ram_checkpoint(workdir):
     (workdir / "ckpt").mkdir()
     torch.save({"state_dict": {}}, workdir / "ckpt" / f"{NAME}_model_best.pth.tar")
