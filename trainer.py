@@ -312,6 +312,8 @@ class Trainer:
         if own:
             json_path = os.path.join(self.config.ckpt_dir, self.model_name + "_params.json")
             utils.check_params(ckpt, path, json_path, self.config)
+        else:
+            utils.check_split(ckpt.get("params"), path, self.config)
         try:
             self.model.load_state_dict(ckpt.get("train_state", ckpt["model_state"]) if resume
                                        else ckpt["model_state"])

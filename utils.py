@@ -228,6 +228,21 @@ def check_params(ckpt, path, json_path, config):
                         "pass those flags to use it")
 
 
+def check_split(params, path, config):
+    """--init_from: a model trained on MNIST's training digits (whichever canvases) keeps its
+    train/validation split, or validation would score digits it was trained on."""
+    mnist = ("mnist", "translated", "cluttered")
+    if not params or params.get("dataset", "mnist") not in mnist or config.dataset not in mnist:
+        return
+    differ = [f"--{k}={params[k]} (given {getattr(config, k)})"
+              for k in ("random_seed", "valid_size", "shuffle")
+              if k in params and params[k] != getattr(config, k)]
+    if differ:
+        raise UserError(f"{path} was trained on another train/validation split of MNIST: "
+                        f"{', '.join(differ)}; pass those flags, or validation holds digits "
+                        "it was trained on")
+
+
 def shape_mismatch(path, state, model):
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()

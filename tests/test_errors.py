@@ -426,7 +426,10 @@ def test_init_from_a_missing_broken_or_misfitting_file(trained, tmp_path):
     for source, flags, words in ((tmp_path / "none.pth.tar", [], ["--init_from: no checkpoint"]),
                                  (junk, [], ["not a readable checkpoint"]),
                                  (best, ["--patch_size=12"], ["another configuration",
-                                                              "(128, 64) vs (128, 144)"])):
+                                                              "(128, 64) vs (128, 144)"]),
+                                 (best, ["--random_seed=5", "--dataset=translated"],
+                                  ["another train/validation split", "--random_seed=1 (given 5)"]),
+                                 (best, ["--valid_size=0.2"], ["--valid_size=0.1 (given 0.2)"])):
         proc = run_main(trained, "--epochs=1", f"--init_from={source}",
                         f"--ckpt_dir={tmp_path / 'new'}", *flags, *TINY, check=False)
         assert_user_error(proc, *words)
