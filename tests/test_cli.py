@@ -124,11 +124,6 @@ def test_init_from_starts_a_new_run_from_trained_weights(workdir, tmp_path):
     assert b["optim_state"]["state"][0]["step"] == 6  # 100 images, 16 a batch: a new Adam
     for k, v in a["model_state"].items():
         assert torch.allclose(v, b["model_state"][k], atol=1e-8), k
-    fresh = tmp_path / "fresh"
-    run_main(workdir, "--epochs=1", f"--ckpt_dir={fresh}", "--init_lr=1e-12", *other, *TINY)
-    c = torch.load(fresh / f"{name}_model_best.pth.tar", weights_only=True)
-    assert not torch.allclose(c["model_state"]["sensor.fc1.weight"],
-                              b["model_state"]["sensor.fc1.weight"], atol=1e-3)
     out = run_main(workdir, "--epochs=2", "--resume=True", *flags).stdout  # its own flags again
     assert "Epoch: 2/2" in out and f"Loaded {name}_ckpt.pth.tar checkpoint @ epoch 1" in out
 
