@@ -52,6 +52,7 @@ def test_flag_table_matches_the_parser():
                                   "ckpt/shipped/ram_6_8x8_2_params.json",
                                   "plots/learning_curve.png", "plots/example.gif",
                                   "plots/paper_tasks.png", "plots/cluttered100.gif",
+                                  "plots/cluttered100_restarts.png",
                                   "ckpt/shipped/ram_8_12x12_2_k3_lstm_translated60_model_best.pth.tar",
                                   "ckpt/shipped/ram_6_12x12_2_k3_lstm_translated60_model_best.pth.tar",
                                   "ckpt/shipped/ram_8_12x12_2_k3_lstm_cluttered60_params.json",
