@@ -260,7 +260,16 @@ def saved_epoch(path):
 
 
 def files_state(folder):
-    return {e.name: (e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)}
+    """Name -> (size, mtime) of each file in folder; a file renamed away between the listing
+    and its stat (a save finishing) shows as None, itself a change."""
+    state = {}
+    for e in os.scandir(folder):
+        try:
+            st = e.stat()
+            state[e.name] = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            state[e.name] = None
+    return state
 
 
 def test_kill_9_never_leaves_a_broken_checkpoint(workdir):
