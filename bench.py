@@ -19,9 +19,12 @@ import torch
 import torch.nn.functional as F
 
 import config
+from data_loader import Batches, Canvases
 from main import eval_batch_size
-from model import RecurrentAttention, compiled, loss_terms
+from model import ModelConfig, RecurrentAttention, Rollout, compiled, loss_terms
 from modules import Retina
+from trainer import initial_location, rollout
+from utils import UserError, error_exit
 
 NUM_TRAIN, NUM_VALID = 54000, 6000
 
@@ -54,7 +57,6 @@ def seed_rollout(model, x, l_t, T):
         log_pi.append(torch.distributions.Normal(mu, model.std).log_prob(l_t).sum(1))
         b.append(model.baseliner(h_t))
         l_t = l_t.clamp(-1, 1)
-    from model import Rollout
     return Rollout(model.classifier(h_t), torch.stack(log_pi, 1), torch.stack(b, 1), None)
 
 
@@ -80,47 +82,32 @@ def seed_loader(batch_size, n, workers):
 
 
 def get_args(argv=None):
-    p = config.Parser(description="Throughput of RAM training and evaluation.",
-                      formatter_class=config.Defaults, allow_abbrev=False)
-    p.add_argument("--dataset", choices=("mnist", "translated", "cluttered"), default="mnist",
-                   help="what the images are: their size is what matters for speed")
-    p.add_argument("--canvas_size", type=int, default=60, help="side of a canvas")
-    p.add_argument("--num_clutter", type=int, default=4, help="pieces per cluttered canvas")
-    p.add_argument("--patch_size", type=int, default=8, help="g")
-    p.add_argument("--num_patches", type=int, default=1, help="k")
-    p.add_argument("--glimpse_scale", type=int, default=2, help="s")
-    p.add_argument("--num_glimpses", type=int, default=6, help="T")
-    p.add_argument("--core", choices=("rnn", "lstm"), default="rnn", help="the core network")
-    p.add_argument("--autograd", type=config.str2bool, default=False,
-                   help="backpropagate through the glimpse loop with autograd, as main.py "
-                        "--autograd=True (default: the written-out backward)")
-    p.add_argument("--batch_size", type=int, default=32, help="training batch")
-    p.add_argument("--M", type=int, default=10, help="Monte-Carlo rows per evaluated image")
-    p.add_argument("--compile", type=config.str2bool, default=False,
-                   help="torch.compile the rollout and loss, as main.py --compile=True")
-    p.add_argument("--use_gpu", type=config.str2bool, default=True, help="CUDA if there is one")
-    p.add_argument("--seed_style", type=config.str2bool, default=False,
-                   help="the seed's way: a Python loop over the batch per crop, per-image "
-                        "transforms in DataLoader workers (28x28 only)")
-    p.add_argument("--num_workers", type=int, default=4, help="the seed-style loader's workers")
-    p.add_argument("--steps", type=int, default=40, help="timed steps per run")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is given")
-    p.add_argument("--epoch", type=config.str2bool, default=False,
-                   help="also time one whole epoch (train + validation), batches made as "
-                        "main.py makes them")
+    """main.py's flags (the model, the data, the device), and the benchmark's own."""
+    p = config.make_parser("Throughput of RAM training and evaluation: main.py's flags, and")
+    own = p.add_argument_group("Benchmark")
+    own.add_argument("--seed_style", type=config.str2bool, default=False,
+                     help="the seed's way: a Python loop over the batch per crop, per-image "
+                          "transforms in DataLoader workers (28x28 only)")
+    own.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    own.add_argument("--repeats", type=int, default=5, help="timed runs; the median is given")
+    own.add_argument("--epoch", type=config.str2bool, default=False,
+                     help="also time one whole epoch (train + validation), batches made as "
+                          "main.py makes them")
     args = p.parse_args(argv)
-    if args.seed_style and (args.dataset != "mnist" or args.core != "rnn"):
-        p.error("--seed_style=True is the seed's 28x28 MNIST with its rnn core only")
+    try:
+        config.check(args)
+        if args.dataset == "folder":
+            raise UserError("bench.py times mnist, translated or cluttered (random digits)")
+        if args.seed_style and (args.dataset != "mnist" or args.core != "rnn"):
+            raise UserError("--seed_style=True is the seed's 28x28 MNIST with its rnn core only")
+    except UserError as e:
+        error_exit(f"bench.py: error: {e}", 1)
     args.size = 28 if args.dataset == "mnist" else args.canvas_size
-    args.clutter_size = 8
-    if args.dataset == "translated":
-        args.num_clutter = 0
     return args
 
 
 def loaders(cfg, eval_bs, device):
     """Training and validation batches of this project's kind, from random digits in memory."""
-    from data_loader import Batches, Canvases
     digits = torch.randint(0, 256, (NUM_TRAIN + NUM_VALID, 1, 28, 28), dtype=torch.uint8,
                            device=device)
     labels = torch.randint(0, 10, (len(digits),), device=device)
@@ -137,21 +124,22 @@ def main():
     cfg = get_args()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = RecurrentAttention(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale,
-                               core=cfg.core, autograd=cfg.autograd).to(device)
+    model = RecurrentAttention(ModelConfig.of(vars(cfg))).to(device)
     if cfg.seed_style:
         model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=not cfg.seed_style)
     T = cfg.num_glimpses
 
-    def losses(x, y, M=1):  # as the trainer's rollout (compiled with it, as --compile does)
-        l_0 = torch.empty(M * len(x), 2, device=device).uniform_(-1, 1)
-        out = seed_rollout(model, x, l_0, T) if cfg.seed_style else model(x, l_0, T)
-        return loss_terms(out, y.repeat(M))
-    run = compiled(losses, device) if cfg.compile else losses
+    def seed_losses(net, x, y, l_0, M=1):
+        return None, loss_terms(seed_rollout(net, x, l_0, T), y.repeat(M))
+    run = seed_losses if cfg.seed_style else compiled(rollout, device) if cfg.compile \
+        else rollout  # the trainer's, compiled as --compile does
+
+    def losses(x, y, M=1):
+        return run(model, x, y, initial_location(M * len(x), cfg.init_loc, device), M)[1]
 
     def train_step(x, y):
-        loss = run(x, y).total
+        loss = losses(x, y).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -161,9 +149,9 @@ def main():
         # the seed's batches are --batch_size images, this project's as main.py sizes them
         with torch.no_grad():
             if cfg.seed_style:
-                run(x.repeat(cfg.M, 1, 1, 1), y.repeat(cfg.M)).R.sum().item()
+                losses(x.repeat(cfg.M, 1, 1, 1), y.repeat(cfg.M)).R.sum().item()
             else:  # as the trainer: M rows per image, one padded copy of it
-                run(x, y, cfg.M).R.sum().item()
+                losses(x, y, cfg.M).R.sum().item()
 
     eval_bs = cfg.batch_size if cfg.seed_style else eval_batch_size(cfg)
 

@@ -4,7 +4,7 @@ import argparse
 import difflib
 import math
 
-from utils import UserError, error_exit
+from utils import UserError, default_clutter, error_exit, parse_size
 
 DATASETS = ("mnist", "translated", "cluttered", "folder")
 CANVAS_FLAGS = ("canvas_size", "num_clutter", "clutter_size")
@@ -54,137 +54,145 @@ class Defaults(argparse.HelpFormatter):
         return text
 
 
-parser = Parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)",
-                formatter_class=Defaults,
-                allow_abbrev=False)  # --epoch must not silently mean --epochs
+def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)"):
+    """main.py's flags, grouped as the seed groups them (bench.py adds its own)."""
+    parser = Parser(description=description,
+                    formatter_class=Defaults,
+                    allow_abbrev=False)  # --epoch must not silently mean --epochs
 
-glimpse_arg = parser.add_argument_group("Glimpse Network Params")
-glimpse_arg.add_argument("--patch_size", type=int, default=8,
-                         help="size g of the extracted patch at highest res")
-glimpse_arg.add_argument("--glimpse_scale", type=int, default=2,
-                         help="scale s of successive patches")
-glimpse_arg.add_argument("--num_patches", type=int, default=1,
-                         help="# k of downscaled patches per glimpse")
-glimpse_arg.add_argument("--loc_hidden", type=int, default=128, help="hidden size of loc fc")
-glimpse_arg.add_argument("--glimpse_hidden", type=int, default=128,
-                         help="hidden size of glimpse fc")
+    glimpse_arg = parser.add_argument_group("Glimpse Network Params")
+    glimpse_arg.add_argument("--patch_size", type=int, default=8,
+                             help="size g of the extracted patch at highest res")
+    glimpse_arg.add_argument("--glimpse_scale", type=int, default=2,
+                             help="scale s of successive patches")
+    glimpse_arg.add_argument("--num_patches", type=int, default=1,
+                             help="# k of downscaled patches per glimpse")
+    glimpse_arg.add_argument("--loc_hidden", type=int, default=128, help="hidden size of loc fc")
+    glimpse_arg.add_argument("--glimpse_hidden", type=int, default=128,
+                             help="hidden size of glimpse fc")
 
-core_arg = parser.add_argument_group("Core Network Params")
-core_arg.add_argument("--num_glimpses", type=int, default=6,
-                      help="# of glimpses T, i.e. BPTT iterations")
-core_arg.add_argument("--hidden_size", type=int, default=256,
-                      help="hidden size of rnn (= glimpse_hidden + loc_hidden)")
-core_arg.add_argument("--core", choices=("rnn", "lstm"), default="rnn",
-                      help="rnn: the paper's rectifier core for classification, h_t = "
-                           "relu(i2h(g_t) + h2h(h_{t-1})); lstm: an LSTM cell (slower: "
-                           "trained through autograd)")
+    core_arg = parser.add_argument_group("Core Network Params")
+    core_arg.add_argument("--num_glimpses", type=int, default=6,
+                          help="# of glimpses T, i.e. BPTT iterations")
+    core_arg.add_argument("--hidden_size", type=int, default=256,
+                          help="hidden size of rnn (= glimpse_hidden + loc_hidden)")
+    core_arg.add_argument("--core", choices=("rnn", "lstm"), default="rnn",
+                          help="rnn: the paper's rectifier core for classification, h_t = "
+                               "relu(i2h(g_t) + h2h(h_{t-1})); lstm: an LSTM cell (slower: "
+                               "trained through autograd)")
 
-reinforce_arg = parser.add_argument_group("Reinforce Params")
-reinforce_arg.add_argument("--std", type=float, default=0.17,
-                           help="gaussian policy standard deviation")
-reinforce_arg.add_argument("--M", type=int, default=10,
-                           help="Monte Carlo sampling for valid and test sets")
-reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="random",
-                           help="first glimpse location: uniform in [-1, 1]^2 (the seed) "
-                                "or the image centre")
+    reinforce_arg = parser.add_argument_group("Reinforce Params")
+    reinforce_arg.add_argument("--std", type=float, default=0.17,
+                               help="gaussian policy standard deviation")
+    reinforce_arg.add_argument("--M", type=int, default=10,
+                               help="Monte Carlo sampling for valid and test sets")
+    reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="random",
+                               help="first glimpse location: uniform in [-1, 1]^2 (the seed) "
+                                    "or the image centre")
 
-data_arg = parser.add_argument_group("Data Params")
-data_arg.add_argument("--dataset", choices=DATASETS, default="mnist",
-                      help="mnist: the 28x28 digits; translated: each digit at a random place "
-                           "on an empty canvas; cluttered: the same plus clutter pieces cut "
-                           "from other digits (the paper's tasks); folder: your own labelled "
-                           "images in --data_dir (DATA/train/<class>/<image>, DATA/test/...)")
-data_arg.add_argument("--canvas_size", type=int, default=None,
-                      help="side of the translated or cluttered canvas (default 60)")
-data_arg.add_argument("--num_clutter", type=int, default=None,
-                      help="clutter pieces per cluttered canvas (default 4 below a 100 px "
-                           "canvas, 8 from 100 px, as in the paper)")
-data_arg.add_argument("--clutter_size", type=int, default=None,
-                      help="side of a clutter piece (default 8)")
-data_arg.add_argument("--image_size", type=str, default=None,
-                      help="--dataset=folder: resize every image to H or HxW pixels (default: "
-                           "the images' own size, which they must then share)")
-data_arg.add_argument("--in_memory_gb", type=float, default=4.0,
-                      help="--dataset=folder: a split whose decoded images (uint8) take at "
-                           "most this many GB is decoded once into memory; a larger one is "
-                           "decoded every epoch by --num_workers processes")
-data_arg.add_argument("--valid_size", type=float, default=0.1,
-                      help="Proportion of training set used for validation")
-data_arg.add_argument("--batch_size", type=int, default=32,
-                      help="# of images in each batch of data, per process under torchrun "
-                           "(the effective batch is nproc x batch_size)")
-data_arg.add_argument("--num_workers", type=int, default=4,
-                      help="# of loader subprocesses for datasets decoded per image "
-                           "(MNIST is decoded once into memory and needs none)")
-data_arg.add_argument("--shuffle", type=str2bool, default=True,
-                      help="Whether to shuffle the train and valid indices")
-data_arg.add_argument("--show_sample", type=str2bool, default=False,
-                      help="Whether to save a sample grid of the data in plot_dir")
+    data_arg = parser.add_argument_group("Data Params")
+    data_arg.add_argument("--dataset", choices=DATASETS, default="mnist",
+                          help="mnist: the 28x28 digits; translated: each digit at a random place "
+                               "on an empty canvas; cluttered: the same plus clutter pieces cut "
+                               "from other digits (the paper's tasks); folder: your own labelled "
+                               "images in --data_dir (DATA/train/<class>/<image>, DATA/test/...)")
+    data_arg.add_argument("--canvas_size", type=int, default=None,
+                          help="side of the translated or cluttered canvas (default 60)")
+    data_arg.add_argument("--num_clutter", type=int, default=None,
+                          help="clutter pieces per cluttered canvas (default 4 below a 100 px "
+                               "canvas, 8 from 100 px, as in the paper)")
+    data_arg.add_argument("--clutter_size", type=int, default=None,
+                          help="side of a clutter piece (default 8)")
+    data_arg.add_argument("--image_size", type=str, default=None,
+                          help="--dataset=folder: resize every image to H or HxW pixels (default: "
+                               "the images' own size, which they must then share)")
+    data_arg.add_argument("--in_memory_gb", type=float, default=4.0,
+                          help="--dataset=folder: a split whose decoded images (uint8) take at "
+                               "most this many GB is decoded once into memory; a larger one is "
+                               "decoded every epoch by --num_workers processes")
+    data_arg.add_argument("--valid_size", type=float, default=0.1,
+                          help="Proportion of training set used for validation")
+    data_arg.add_argument("--batch_size", type=int, default=32,
+                          help="# of images in each batch of data, per process under torchrun "
+                               "(the effective batch is nproc x batch_size)")
+    data_arg.add_argument("--num_workers", type=int, default=4,
+                          help="# of loader subprocesses for datasets decoded per image "
+                               "(MNIST is decoded once into memory and needs none)")
+    data_arg.add_argument("--shuffle", type=str2bool, default=True,
+                          help="Whether to shuffle the train and valid indices")
+    data_arg.add_argument("--show_sample", type=str2bool, default=False,
+                          help="Whether to save a sample grid of the data in plot_dir")
 
-train_arg = parser.add_argument_group("Training Params")
-train_arg.add_argument("--is_train", type=str2bool, default=True,
-                       help="Whether to train or test the model")
-train_arg.add_argument("--predict", type=str, default=None,
-                       help="with --is_train=False: classify this image file, or every image "
-                            "in this folder, printing file, class and probability")
-train_arg.add_argument("--momentum", action=Removed, nargs="?",
-                       why="the optimizer is Adam, which never used it")
-train_arg.add_argument("--epochs", type=int, default=200,
-                       help="# of epochs to train for, in total (a resumed run included)")
-train_arg.add_argument("--init_lr", type=float, default=3e-4, help="Initial learning rate value")
-train_arg.add_argument("--lr_patience", type=int, default=10,
-                       help="Number of epochs to wait before reducing lr")
-train_arg.add_argument("--lr_decay", type=float, default=1,
-                       help="below 1: multiply the learning rate by this after every epoch "
-                            "(tfRAM: 0.98), ignoring --lr_patience; 1: the seed's schedule, "
-                            "x0.1 after --lr_patience epochs without a better validation")
-train_arg.add_argument("--max_grad_norm", type=float, default=0,
-                       help="clip the gradient's norm over all parameters to this before each "
-                            "step (0: no clipping, as the seed)")
-train_arg.add_argument("--ema_decay", type=float, default=0,
-                       help="validate, keep and test an exponential moving average of the "
-                            "weights with this decay per step (0: the weights themselves, as "
-                            "the seed; 0.999 averages over about 1,000 steps)")
-train_arg.add_argument("--init_from", type=str, default=None,
-                       help="start training from the weights of this checkpoint file (a shipped "
-                            "model, say): a new run, with a new optimizer, schedule and epoch "
-                            "count (ignored with --resume=True, which continues a run)")
-train_arg.add_argument("--train_patience", type=int, default=50,
-                       help="Number of epochs to wait before stopping train")
-train_arg.add_argument("--overwrite", type=str2bool, default=False,
-                       help="start over, replacing the checkpoints of an earlier run of the "
-                            "same model in --ckpt_dir (without it, training refuses to)")
-train_arg.add_argument("--autograd", type=str2bool, default=False,
-                       help="backpropagate through the glimpse loop with autograd instead of "
-                            "its written-out derivative: slower, but an edited glimpse or core "
-                            "network trains at once")
+    train_arg = parser.add_argument_group("Training Params")
+    train_arg.add_argument("--is_train", type=str2bool, default=True,
+                           help="Whether to train or test the model")
+    train_arg.add_argument("--predict", type=str, default=None,
+                           help="with --is_train=False: classify this image file, or every image "
+                                "in this folder, printing file, class and probability")
+    train_arg.add_argument("--momentum", action=Removed, nargs="?",
+                           why="the optimizer is Adam, which never used it")
+    train_arg.add_argument("--epochs", type=int, default=200,
+                           help="# of epochs to train for, in total (a resumed run included)")
+    train_arg.add_argument("--init_lr", type=float, default=3e-4,
+                           help="Initial learning rate value")
+    train_arg.add_argument("--lr_patience", type=int, default=10,
+                           help="Number of epochs to wait before reducing lr")
+    train_arg.add_argument("--lr_decay", type=float, default=1,
+                           help="below 1: multiply the learning rate by this after every epoch "
+                                "(tfRAM: 0.98), ignoring --lr_patience; 1: the seed's schedule, "
+                                "x0.1 after --lr_patience epochs without a better validation")
+    train_arg.add_argument("--max_grad_norm", type=float, default=0,
+                           help="clip the gradient's norm over all parameters to this before each "
+                                "step (0: no clipping, as the seed)")
+    train_arg.add_argument("--ema_decay", type=float, default=0,
+                           help="validate, keep and test an exponential moving average of the "
+                                "weights with this decay per step (0: the weights themselves, as "
+                                "the seed; 0.999 averages over about 1,000 steps)")
+    train_arg.add_argument("--init_from", type=str, default=None,
+                           help="start training from the weights of this checkpoint file (a "
+                                "shipped model, say): a new run, with a new optimizer, schedule "
+                                "and epoch count (ignored with --resume=True, which continues a "
+                                "run)")
+    train_arg.add_argument("--train_patience", type=int, default=50,
+                           help="Number of epochs to wait before stopping train")
+    train_arg.add_argument("--overwrite", type=str2bool, default=False,
+                           help="start over, replacing the checkpoints of an earlier run of the "
+                                "same model in --ckpt_dir (without it, training refuses to)")
+    train_arg.add_argument("--autograd", type=str2bool, default=False,
+                           help="backpropagate through the glimpse loop with autograd instead of "
+                                "its written-out derivative: slower, but an edited glimpse or core "
+                                "network trains at once")
 
-misc_arg = parser.add_argument_group("Misc.")
-misc_arg.add_argument("--use_gpu", type=str2bool, default=True,
-                      help="Whether to run on the GPU (when there is one)")
-misc_arg.add_argument("--best", type=str2bool, default=True,
-                      help="Load best model or most recent for testing")
-misc_arg.add_argument("--random_seed", type=int, default=1,
-                      help="Seed to ensure reproducibility")
-misc_arg.add_argument("--data_dir", type=str, default="./data",
-                      help="Directory in which data is stored")
-misc_arg.add_argument("--ckpt_dir", type=str, default="./ckpt",
-                      help="Directory in which to save model checkpoints")
-misc_arg.add_argument("--logs_dir", type=str, default="./logs/",
-                      help="Directory in which Tensorboard logs wil be stored")
-misc_arg.add_argument("--use_tensorboard", type=str2bool, default=False,
-                      help="Whether to use tensorboard for visualization")
-misc_arg.add_argument("--resume", type=str2bool, default=False,
-                      help="Whether to resume training from checkpoint")
-misc_arg.add_argument("--print_freq", type=int, default=10,
-                      help="How frequently (in batches) to update the progress bar (and look for a "
-                           "non-finite loss)")
-misc_arg.add_argument("--plot_freq", type=int, default=1,
-                      help="How frequently (in epochs) to save glimpses (0: never)")
-misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
-                      help="Directory in which glimpse pickles and plots are stored")
-misc_arg.add_argument("--compile", type=str2bool, default=False,
-                      help="torch.compile the rollout and its loss (costs start-up time)")
+    misc_arg = parser.add_argument_group("Misc.")
+    misc_arg.add_argument("--use_gpu", type=str2bool, default=True,
+                          help="Whether to run on the GPU (when there is one)")
+    misc_arg.add_argument("--best", type=str2bool, default=True,
+                          help="Load best model or most recent for testing")
+    misc_arg.add_argument("--random_seed", type=int, default=1,
+                          help="Seed to ensure reproducibility")
+    misc_arg.add_argument("--data_dir", type=str, default="./data",
+                          help="Directory in which data is stored")
+    misc_arg.add_argument("--ckpt_dir", type=str, default="./ckpt",
+                          help="Directory in which to save model checkpoints")
+    misc_arg.add_argument("--logs_dir", type=str, default="./logs/",
+                          help="Directory in which Tensorboard logs wil be stored")
+    misc_arg.add_argument("--use_tensorboard", type=str2bool, default=False,
+                          help="Whether to use tensorboard for visualization")
+    misc_arg.add_argument("--resume", type=str2bool, default=False,
+                          help="Whether to resume training from checkpoint")
+    misc_arg.add_argument("--print_freq", type=int, default=10,
+                          help="How frequently (in batches) to update the progress bar (and "
+                               "look for a non-finite loss)")
+    misc_arg.add_argument("--plot_freq", type=int, default=1,
+                          help="How frequently (in epochs) to save glimpses (0: never)")
+    misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
+                          help="Directory in which glimpse pickles and plots are stored")
+    misc_arg.add_argument("--compile", type=str2bool, default=False,
+                          help="torch.compile the rollout and its loss (costs start-up time)")
+    return parser
+
+
+parser = make_parser()
 
 
 def check(config):
@@ -234,7 +242,6 @@ def check_data(config):
         if config.dataset != "folder":
             raise UserError("--image_size applies to --dataset=folder (MNIST and the canvases "
                             "have their own sizes)")
-        from image_folder import parse_size
         parse_size(config.image_size)
     given = [f"--{f}" for f in CANVAS_FLAGS if getattr(config, f) is not None]
     if config.dataset in ("mnist", "folder"):
@@ -260,10 +267,6 @@ def check_data(config):
     if not 1 <= config.clutter_size <= 28:
         raise UserError(f"--clutter_size must be in 1..28 (a crop of a digit), got "
                         f"{config.clutter_size}")
-
-
-def default_clutter(canvas_size):
-    return 4 if canvas_size < 100 else 8
 
 
 def get_config(argv=None):

@@ -287,8 +287,9 @@ def split_indices(num_train, valid_size, random_seed, shuffle):
 
 
 # ------------------------------------------------------------------------------- the interface
-def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None):
-    normalisation = NORMALISATION[config.dataset]
+def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None,
+            normalisation=None):
+    normalisation = normalisation or NORMALISATION[config.dataset]
     if config.dataset == "mnist":
         return Batches(images, labels, indices, batch_size, shuffle=train,
                        seed=config.random_seed, normalisation=normalisation)
@@ -299,10 +300,7 @@ def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None
 
 
 def get_train_valid_loader(config, device, eval_batch_size=None):
-    """(train, valid) for config.dataset, on device."""
-    if config.dataset == "folder":  # imported here: PIL and torchvision's loaders only then
-        import image_folder
-        return image_folder.train_valid(config, device, eval_batch_size or config.batch_size)
+    """(train, valid) batches of config.dataset on device (image_folder.py serves "folder")."""
     images, labels = load_mnist(config.data_dir, train=True)
     images, labels = images.to(device), labels.to(device)
     train_idx, valid_idx = split_indices(len(images), config.valid_size, config.random_seed,
@@ -313,11 +311,10 @@ def get_train_valid_loader(config, device, eval_batch_size=None):
     return train, valid
 
 
-def get_test_loader(config, device, batch_size):
-    if config.dataset == "folder":
-        import image_folder
-        return image_folder.test(config, device, batch_size)
+def get_test_loader(config, device, batch_size, normalisation=None):
+    """The test batches: MNIST's 10,000 test digits, or one fixed canvas for each; normalised
+    as the model's training data was (normalisation), else as config.dataset is."""
     images, labels = load_mnist(config.data_dir, train=False)
     images, labels = images.to(device), labels.to(device)
     return _loader(config, images, labels, range(len(images)), batch_size, False,
-                   CANVAS_SEEDS["test"])
+                   CANVAS_SEEDS["test"], normalisation)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data_loader
-from data_loader import Batches
-from utils import UserError
+import utils
+from data_loader import Batches, split_indices
+from utils import UserError, parse_size
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif",
               ".tiff", ".webp")
@@ -96,17 +96,6 @@ def inspect(files, image_size, master=True):
             raise UserError(f"the images differ in size: {pa} is {a[0]}x{a[1]} and {pb} is "
                             f"{b[0]}x{b[1]} (HxW): pass --image_size=HxW to resize them all")
     return channels, image_size or next(iter(sizes))
-
-
-def parse_size(text):
-    """--image_size: 'H' (square) or 'HxW' -> (H, W), or None."""
-    if text is None:
-        return None
-    parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UserError(f"--image_size must be H or HxW in pixels (e.g. 64 or 48x64), "
-                        f"got {text!r}")
-    return int(parts[0]), int(parts[-1])
 
 
 class Decoded(torch.utils.data.Dataset):
@@ -230,9 +219,10 @@ def batches(images, labels, indices, batch_size, config, device, train, normalis
     return out
 
 
-def train_valid(config, device, eval_batch_size):
+def get_train_valid_loader(config, device, eval_batch_size=None):
     """(train, valid) batches of config.data_dir's train (and valid) folders."""
-    master = os.environ.get("RANK", "0") == "0"
+    eval_batch_size = eval_batch_size or config.batch_size
+    master = utils.world()[0] == 0
     files, labels, classes = scan(config.data_dir, "train")
     num_train = len(files)
     own_valid = os.path.isdir(os.path.join(config.data_dir, "valid"))
@@ -248,7 +238,7 @@ def train_valid(config, device, eval_batch_size):
     if own_valid:
         train_idx, valid_idx = range(num_train), range(num_train, len(files))
     else:
-        train_idx, valid_idx = data_loader.split_indices(num_train, config.valid_size,
+        train_idx, valid_idx = split_indices(num_train, config.valid_size,
                                                          config.random_seed, config.shuffle)
     normalisation = statistics(images, train_idx, device, config.random_seed)
     return tuple(batches(images, labels, idx, bs, config, device, train, normalisation, classes)
@@ -256,16 +246,16 @@ def train_valid(config, device, eval_batch_size):
                                         (valid_idx, eval_batch_size, False)))
 
 
-def test(config, device, batch_size):
+def get_test_loader(config, device, batch_size, normalisation=(0.0, 1.0)):
     """Batches of config.data_dir's test folder, its classes in train's order; normalised
-    by the checkpoint's statistics (Trainer.test sets them)."""
+    as the model's training data was (normalisation: the checkpoint's statistics)."""
     train = os.path.join(config.data_dir, "train")
     classes = class_folders(train) if os.path.isdir(train) else None
     files, labels, classes = scan(config.data_dir, "test", classes)
     channels, size = inspect(files, parse_size(config.image_size))
     images, labels = load(files, labels, channels, size, config, device)
     return batches(images, labels, range(len(files)), batch_size, config, device, False,
-                   (0.0, 1.0), classes)
+                   normalisation, classes)
 
 
 def predict(path, data, batch_size, config, device):

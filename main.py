@@ -24,90 +24,173 @@ import sys
 
 import torch
 
+import checkpoint
 import data_loader
+import image_folder
 import utils
 from config import check, get_config
-from trainer import Trainer
+from model import ModelConfig, RecurrentAttention, check_derivatives, compiled
+from trainer import Trainer, evaluate, initial_location, rollout
 from utils import UserError
 
 
 def main(config):
-    device = start(config)
+    device, rank, world = start(config)
     torch.manual_seed(config.random_seed)  # seeds CUDA too
     random.seed(config.random_seed)
-    plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     if config.compile and device.type == "cpu" and not any(
             shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c):
         # inductor would fail at the first batch, deep in a traceback
         raise UserError("--compile=True on CPU needs a C++ compiler (g++, clang++ or $CXX) "
                         "on the PATH: install one, or leave --compile off")
-
     if config.predict is not None:
-        predict(config, device, plot_dir)
-        return
-    if not config.is_train:
-        test_loader = data_loader.get_test_loader(config, device, eval_batch_size(config))
-        Trainer(config, device, test_loader=test_loader).test()
-        finish()
-        return
+        predict(config, device, world)
+    elif not config.is_train:
+        test(config, device, rank, world)
+    else:
+        train(config, device, rank, world)
+    finish()
 
+
+def dataset(config):
+    """The module that serves config.dataset's batches (both have the same interface)."""
+    return image_folder if config.dataset == "folder" else data_loader
+
+
+def build(config, image_shape, classes, device):
+    """The model the flags describe, for images of image_shape (C, H, W) and these classes."""
+    model = RecurrentAttention(ModelConfig.of(vars(config), channels=image_shape[0],
+                                              num_classes=len(classes))).to(device)
+    print("[*] Number of model parameters: {:,}".format(
+        sum(p.numel() for p in model.parameters())))
+    return model
+
+
+def train(config, device, rank, world):
     if not config.resume:
-        refuse_to_overwrite(config)
-    train_loader, valid_loader = data_loader.get_train_valid_loader(config, device,
-                                                                    eval_batch_size(config))
+        checkpoint.refuse_to_overwrite(config)
+    train_loader, valid_loader = dataset(config).get_train_valid_loader(
+        config, device, eval_batch_size(config))
+    model = build(config, train_loader.image_shape, train_loader.classes, device)
+    check_derivatives(model)  # before anything is written
+    if rank:  # the same initial weights everywhere, then noise of its own
+        torch.manual_seed(config.random_seed + 7919 * rank)
+    net = data_parallel(model, train_loader, valid_loader, device, rank, world)
+    plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     if config.overwrite:  # the old run's glimpses go with it
         for p in glob.glob(os.path.join(plot_dir, "[gl]_*.p")):
             with contextlib.suppress(FileNotFoundError):  # another process's already
                 os.remove(p)
-    dirs = [config.ckpt_dir] + ([plot_dir] if config.plot_freq or config.show_sample else []) \
-        + ([config.logs_dir] if config.use_tensorboard else [])
-    utils.prepare_dirs(*dirs)
-    if config.show_sample and MASTER:
+    utils.prepare_dirs(config.ckpt_dir, *[plot_dir] * bool(config.plot_freq or config.show_sample),
+                       *[config.logs_dir] * config.use_tensorboard)
+    if config.show_sample and rank == 0:
+        import plot_glimpses  # matplotlib, only when drawing
         x, y = next(iter(train_loader))
         path = os.path.join(plot_dir, "sample.png")
-        utils.plot_images(train_loader.pictures(x[:9]), y[:9], path)
+        plot_glimpses.plot_images(train_loader.pictures(x[:9]), y[:9], path)
         print("[*] Saved a sample of the data to {}".format(path))
-    trainer = Trainer(config, device, train_loader, valid_loader)
+    trainer = Trainer(config, model, train_loader, valid_loader, device, net, master=rank == 0)
+    if config.resume:
+        checkpoint.resume(trainer, config, device, rank, world)
+    elif config.init_from:  # fine-tuning, or a warm restart: the weights alone
+        checkpoint.init_from(model, config.init_from, config, device)
+    if world > 1:
+        print(f"[*] Training data-parallel on {world} processes "
+              f"({torch.distributed.get_backend()}): {config.batch_size} images a batch each, "
+              f"{world * config.batch_size} in all")
     try:
         trainer.train()
-        finish()
     except KeyboardInterrupt:
-        saved = trainer.saved_epoch()
-        where = (f"epoch {saved} is safely saved in {trainer.ckpt_path(best=False)}; resume "
-                 f"with {resume_command()}" if saved else "no epoch had been saved yet")
+        saved = checkpoint.saved_epoch(config)
+        where = (f"epoch {saved} is safely saved in {checkpoint.path(config, best=False)}; "
+                 f"resume with {resume_command()}" if saved else "no epoch had been saved yet")
         say(f"\n[!] Interrupted: {where}")
         sys.exit(128 + stopped_by)
 
 
-def predict(config, device, plot_dir):
-    """--predict: one line per image, then the first 9 images' glimpses as a GIF."""
-    import image_folder
-    import plot_glimpses
-    if torch.distributed.is_initialized():  # each process would print its shard alone
+def data_parallel(model, train_loader, valid_loader, device, rank, world):
+    """What training runs, given rank and world: each process serves its share of the data
+    (as DistributedSampler) and, with more than one, trains through DDP's wrapper of model."""
+    train_loader.shard(rank, world, pad=True)
+    valid_loader.shard(rank, world, pad=False)
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def trained_model(config, device, image_shape, classes):
+    """The checkpoint the flags name, loaded into the model they describe: (model, data)."""
+    ckpt, file = checkpoint.load(config, device, best=config.best)
+    data = checkpoint.trained_data(ckpt, checkpoint.params(ckpt, config))
+    for what, trained, given in (("classes", data["classes"], classes),
+                                 ("CxHxW", data["image_shape"], image_shape)):
+        if given is not None and list(trained) != list(given):
+            raise UserError(f"the test set's {what} ({fmt(given)}) are not the model's "
+                            f"({fmt(trained)}): test on data like its training data")
+    model = build(config, data["image_shape"], data["classes"], device)
+    checkpoint.load_weights(model, ckpt["model_state"], file)
+    checkpoint.loaded(file, ckpt, config.ckpt_dir)
+    return model.eval(), data
+
+
+def test(config, device, rank, world):
+    loader = dataset(config).get_test_loader(config, device, eval_batch_size(config))
+    loader.shard(rank, world, pad=False)
+    model, data = trained_model(config, device, loader.image_shape, loader.classes)
+    loader.normalisation = tuple(data["normalisation"])  # its training data's statistics
+    run = compiled(rollout, device) if config.compile else rollout
+    _, acc, correct = evaluate(run, model, loader, config.M, config.init_loc, device)
+    print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, loader.num_samples, acc))
+
+
+def predict(config, device, world):
+    """--predict: for each image, its file, the predicted class and that class's probability
+    averaged over M rollouts; then the first 9 images' glimpses as a GIF."""
+    import plot_glimpses  # matplotlib, only when drawing
+    if world > 1:  # each process would print its shard alone
         raise UserError("--predict runs in one process: use python main.py, not torchrun")
-    path = utils.ckpt_path(config, best=config.best)
-    if not os.path.isfile(path):
-        raise UserError(utils.missing_checkpoint(path, config))
-    # read before the model exists: its channels, classes and image size come from here
-    data = utils.trained_data(utils.read_checkpoint(path, "cpu"), config)
+    model, data = trained_model(config, device, None, None)
     loader, files = image_folder.predict(config.predict, data, eval_batch_size(config), config,
                                          device)
-    trainer = Trainer(config, device, test_loader=loader)
-    trainer.predict(files)
-    imgs, locs = trainer.glimpses
+    names, glimpses = iter(files), None
+    with torch.no_grad():
+        for x, _ in loader:
+            l_0 = initial_location(config.M * len(x), config.init_loc, device)
+            out, p = probabilities(model, x, l_0)
+            if glimpses is None:
+                glimpses = loader.pictures(x[:9]).cpu().numpy(), out.locs[:9].cpu().numpy()
+            for prob, k in zip(*p.max(1)):
+                print(f"{next(names)}\t{data['classes'][k]}\t{prob:.4f}")
+    plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     gif, png = (os.path.join(plot_dir, f"predict.{e}") for e in ("gif", "png"))
     utils.prepare_dirs(plot_dir)
-    plot_glimpses.animate(imgs, locs, config.patch_size, config.num_patches,
-                          config.glimpse_scale, gif, png)
-    say(f"[*] Saved the glimpses of {len(imgs)} image{'s' * (len(imgs) > 1)} to {gif}")
+    sensor = model.config
+    plot_glimpses.animate(*glimpses, sensor.patch_size, sensor.num_patches,
+                          sensor.glimpse_scale, gif, png)
+    n = len(glimpses[0])
+    say(f"[*] Saved the glimpses of {n} image{'s' * (n > 1)} to {gif}")
+
+
+def probabilities(model, x, l_0):
+    """(Rollout, p): p (B, classes) the class probabilities after T glimpses, averaged over
+    M = len(l_0) / B rollouts per image (probabilities, where the seed's test averages
+    log-probabilities: a prediction's probability should be one)."""
+    out = model(x, l_0)
+    return out, out.log_probas.exp().view(-1, len(x), out.log_probas.shape[1]).mean(0)
+
+
+def fmt(values):
+    return "x".join(map(str, values)) if all(isinstance(v, int) for v in values) else \
+        ", ".join(map(str, values))
 
 
 def start(config):
-    """The device. Under torchrun (RANK set), also the process group, as nanoGPT's train.py:
-    NCCL with each process on cuda:LOCAL_RANK, or gloo on CPU."""
+    """(device, rank, world): decided once, here. Under torchrun (RANK set), also the process
+    group, as nanoGPT's train.py: NCCL with each process on cuda:LOCAL_RANK, or gloo on CPU."""
     cuda = config.use_gpu and torch.cuda.is_available()
     if "RANK" not in os.environ:
-        return torch.device("cuda" if cuda else "cpu")
+        return torch.device("cuda" if cuda else "cpu"), 0, 1
     if config.compile:
         raise UserError("--compile=True does not run under torchrun yet: leave it off there")
     device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu")
@@ -116,25 +199,7 @@ def start(config):
     # device_id: NCCL binds this rank to its GPU now (without it, it guesses from the rank)
     torch.distributed.init_process_group("nccl" if cuda else "gloo",
                                          device_id=device if cuda else None)
-    return device
-
-
-def refuse_to_overwrite(config):
-    """A fresh run never replaces another run's checkpoints unless told to start over."""
-    name = utils.model_name(config)
-    paths = [os.path.join(config.ckpt_dir, name + s)
-             for s in ("_ckpt.pth.tar", "_model_best.pth.tar")]
-    found = [p for p in paths if os.path.exists(p)]
-    if not found or config.overwrite:
-        return
-    try:
-        ckpt = torch.load(found[0], map_location="cpu", weights_only=True)
-        what = f"epoch {ckpt['epoch']}, best valid acc {ckpt['best_valid_acc']:.3f}%"
-    except Exception:
-        what = "unreadable"
-    raise UserError(f"{found[0]} holds an earlier run ({what}): continue it with "
-                    "--resume=True, train elsewhere with --ckpt_dir=DIR, or start over "
-                    "with --overwrite=True")
+    return device, *utils.world()
 
 
 def resume_command():
@@ -165,11 +230,11 @@ def finish():
         torch.distributed.barrier()
 
 
-MASTER = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
+speaks = True  # under torchrun, rank 0 alone (set at start-up)
 
 
 def say(message):
-    if MASTER:
+    if speaks:
         print(message, file=sys.stderr)
 
 
@@ -188,7 +253,8 @@ def eval_batch_size(config):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, on_sigterm)
-    if not MASTER:
+    speaks = os.environ.get("RANK", "0") == "0"
+    if not speaks:
         sys.stdout = open(os.devnull, "w")
     config = get_config()
     try:

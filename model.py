@@ -1,8 +1,10 @@
 """The Recurrent Attention Model: the networks of modules.py wired over T glimpses.
 
-    python -c "import torch, model; m = model.RecurrentAttention(); \
-print(m(torch.randn(4, 1, 28, 28), torch.zeros(4, 2), 6).log_probas.shape)"
+    python -c "import torch, model; m = model.RecurrentAttention(model.ModelConfig()); \
+print(m(torch.randn(4, 1, 28, 28), torch.zeros(4, 2)).log_probas.shape)"
 """
+import dataclasses
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 from modules import (ActionNetwork, BaselineNetwork, CoreNetwork, GlimpseNetwork,
                      LocationNetwork, LSTMCore)
+from utils import UserError
 
 
 class Rollout(NamedTuple):
@@ -20,6 +23,38 @@ class Rollout(NamedTuple):
     locs: torch.Tensor  # (B, T, 2) where glimpses 1..T were taken: l_0..l_{T-1}
 
 
+@dataclass
+class ModelConfig:
+    """Everything that builds a RecurrentAttention, as nanoGPT's GPTConfig; a checkpoint keeps
+    it as model_args. The names are main.py's flags; channels and num_classes come from the
+    data."""
+    patch_size: int = 8  # g: side of the smallest patch
+    num_patches: int = 1  # k: patches per glimpse
+    glimpse_scale: int = 2  # s: each next patch s times wider
+    channels: int = 1  # C
+    glimpse_hidden: int = 128  # h_g: the "what" layer
+    loc_hidden: int = 128  # h_l: the "where" layer
+    hidden_size: int = 256  # h_t
+    num_classes: int = 10
+    num_glimpses: int = 6  # T
+    core: str = "rnn"  # rnn: the paper's rectifier core; lstm
+    std: float = 0.17  # the location policy's standard deviation
+    autograd: bool = False  # the glimpse loop under autograd, not its written-out derivative
+
+    @classmethod
+    def of(cls, settings, **given):
+        """The fields found in settings (a config's vars, a checkpoint's params), then given."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in settings.items() if k in names}, **given})
+
+    def network(self):
+        """The fields that make the network what it is: all but how it is trained and how
+        widely its policy samples (--std may differ at test, as in the seed)."""
+        d = dataclasses.asdict(self)
+        del d["std"], d["autograd"]
+        return d
+
+
 class RecurrentAttention(nn.Module):
     """RAM: glimpse (rho + glimpse network), core RNN, location policy, classifier, baseline.
 
@@ -27,27 +62,30 @@ class RecurrentAttention(nn.Module):
     locator.fc, classifier.fc, baseliner.fc), so the seed's checkpoints load.
     """
 
-    def __init__(self, g=8, k=1, s=2, c=1, h_g=128, h_l=128, std=0.17, hidden_size=256,
-                 num_classes=10, autograd=False, core="rnn"):
+    def __init__(self, config=None):
         super().__init__()
-        self.std = std
+        c = self.config = config or ModelConfig()
+        self.std, self.num_glimpses = c.std, c.num_glimpses
         # True: the glimpse loop under autograd, not GlimpseLoop (which knows the rnn core only)
-        self.autograd = autograd or core != "rnn"
-        self.hidden_size = hidden_size
-        self.sensor = GlimpseNetwork(h_g, h_l, g, k, s, c)
-        self.rnn = (CoreNetwork if core == "rnn" else LSTMCore)(h_g + h_l, hidden_size)
-        self.locator = LocationNetwork(hidden_size, 2, std)
-        self.classifier = ActionNetwork(hidden_size, num_classes)
-        self.baseliner = BaselineNetwork(hidden_size, 1)
+        self.autograd = c.autograd or c.core != "rnn"
+        self.hidden_size = c.hidden_size
+        self.sensor = GlimpseNetwork(h_g=c.glimpse_hidden, h_l=c.loc_hidden, g=c.patch_size,
+                                     k=c.num_patches, s=c.glimpse_scale, c=c.channels)
+        core = CoreNetwork if c.core == "rnn" else LSTMCore
+        self.rnn = core(c.glimpse_hidden + c.loc_hidden, c.hidden_size)
+        self.locator = LocationNetwork(c.hidden_size, 2, c.std)
+        self.classifier = ActionNetwork(c.hidden_size, c.num_classes)
+        self.baseliner = BaselineNetwork(c.hidden_size, 1)
 
-    def forward(self, x, l_0, num_glimpses, eps=None):
-        """Runs T = num_glimpses glimpses on x (B, C, H, W) from l_0 (N, 2), N = M * B: row r
-        of the outputs is a rollout on image r % B (as on x.repeat(M, 1, 1, 1)).
+    def forward(self, x, l_0, num_glimpses=None, eps=None):
+        """Runs T glimpses (num_glimpses, else the config's) on x (B, C, H, W) from l_0 (N, 2),
+        N = M * B: row r of the outputs is a rollout on image r % B (as on x.repeat(M, ...)).
 
         As in the paper (and the seed), the policy also picks a location after the last
         glimpse; that l_T is never looked at but its log pi and b_T enter the loss.
         eps (T, N, 2): the policy's standard normal noise, drawn here when not given.
         """
+        num_glimpses = num_glimpses or self.num_glimpses
         if eps is None:
             eps = torch.randn(num_glimpses, len(l_0), 2, device=x.device, dtype=x.dtype)
         # pad once, not once per glimpse; pre-pool where each image has M copies
@@ -113,6 +151,45 @@ class GlimpseLoop(torch.autograd.Function):
         rows = (v.flatten(0, 1) for v in (phi, locs, g))  # (B*T, ...): time no longer matters
         glimpse_grads = ctx.model.sensor.weight_grads(dg, *rows)
         return (None, None, None, None, *glimpse_grads, *core_grads)
+
+
+class DerivativeMismatch(UserError):
+    """An edited forward whose written-out derivative was not changed with it."""
+
+
+def check_derivatives(model):
+    """With the written-out backward in use, stops a model whose networks' forward no longer
+    matches their derivative (an edited per_step): GlimpseLoop's gradients against autograd's
+    through the same forward, in float64, on a tiny batch (milliseconds). Raises
+    DerivativeMismatch naming the network. The global random stream is left as it was."""
+    if model.autograd:
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = RecurrentAttention(model.config).double()
+        B, T, n = 4, 3, ref.sensor.retina.sizes[-1]
+        x = torch.randn(B, model.config.channels, n, n, dtype=torch.float64)
+        l_0 = torch.rand(B, 2, dtype=torch.float64) * 2 - 1
+        eps = torch.randn(T, B, 2, dtype=torch.float64)
+        dh = torch.randn(B, T, model.hidden_size, dtype=torch.float64)  # dL/dh_t, every t
+    prepared = ref.sensor.retina.prepare(x)
+    params = ref.trunk_parameters()
+    h = GlimpseLoop.apply(ref, prepared, l_0, eps, *params)[0]
+    written = torch.autograd.grad((h * dh).sum(), params)
+    h = glimpse_loop(ref, prepared, l_0, eps)[0]
+    auto = torch.autograd.grad((h * dh).sum(), params, allow_unused=True)
+    # the core first: a core whose derivative is off sends a wrong dL/dg_t to the glimpse net
+    split = len(list(ref.sensor.parameters()))
+    for net, method, rows in ((ref.rnn, "backward_through_time", slice(split, None)),
+                              (ref.sensor, "weight_grads", slice(0, split))):
+        for a, b in zip(written[rows], auto[rows]):
+            b = torch.zeros_like(a) if b is None else b  # h2h never multiplies h_0 = 0
+            if not torch.allclose(a, b, rtol=1e-7, atol=1e-9):
+                name = type(net).__name__
+                raise DerivativeMismatch(
+                    f"{name}'s forward no longer matches its written-out derivative "
+                    f"({name}.{method} in modules.py): train with --autograd=True, or update "
+                    f"{name}.{method} to the edited forward")
 
 
 def compiled(fn, device):

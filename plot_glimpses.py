@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 
 from config import Parser  # noqa: E402
+from model import ModelConfig  # noqa: E402
 from utils import UserError  # noqa: E402
 
 COLOUR = "tab:red"
@@ -52,13 +53,13 @@ def sensor_settings(plot_dir, args):
     if os.path.isfile(path):
         with open(path) as f:
             params = json.load(f)
-    settings = []
-    for name in ("patch_size", "num_patches", "glimpse_scale"):
-        value = getattr(args, name) if getattr(args, name) is not None else params.get(name)
-        if value is None:
-            raise UserError(f"{path} is missing: pass --{name} (and the other sensor flags)")
-        settings.append(int(value))
-    return settings
+    names = ("patch_size", "num_patches", "glimpse_scale")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    missing = [k for k in names if k not in given and k not in params]
+    if missing:
+        raise UserError(f"{path} is missing: pass --{missing[0]} (and the other sensor flags)")
+    sensor = ModelConfig.of(params, **given)  # the run's model, as training built it
+    return sensor.patch_size, sensor.num_patches, sensor.glimpse_scale
 
 
 def centre(l, H, W):
@@ -113,6 +114,21 @@ def animate(imgs, locs, g, k, s, gif_path, png_path):
     anim.save(gif_path, writer=PillowWriter(fps=1))
     frame(T - 1)
     fig.savefig(png_path, bbox_inches="tight", dpi=80)
+    plt.close(fig)
+
+
+def plot_images(images, labels, path):
+    """Saves a 3x3 grid of images (9, C, H, W) with their labels as a PNG (headless)."""
+    fig, axes = plt.subplots(3, 3, figsize=(5, 5))
+    for ax, img, y in zip(axes.flat, images, labels):
+        img = img.permute(1, 2, 0).squeeze(-1).cpu().numpy()
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_xlabel(str(int(y)))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(images):]:
+        ax.axis("off")
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 

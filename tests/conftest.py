@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -14,6 +15,7 @@ MNIST_PLACES = [p for p in (os.environ.get("RAM_MNIST"),
                             os.path.join(ROOT, "data", "MNIST", "raw"),
                             os.path.join(SHARED, "data", "MNIST", "raw")) if p]
 sys.path.insert(0, ROOT)
+import utils  # noqa: E402
 
 
 def real_mnist_folder():
@@ -31,6 +33,17 @@ def make_config(*flags):
     c = config.get_config(list(flags))
     config.check(c)
     return c
+
+
+def make_trainer(config, device="cpu"):
+    """The Trainer main.py makes for config, in one process, on its batches."""
+    import main
+    from trainer import Trainer
+    device = torch.device(device)
+    train, valid = main.dataset(config).get_train_valid_loader(config, device)
+    model = main.build(config, train.image_shape, train.classes, device)
+    net = main.data_parallel(model, train, valid, device, *utils.world())
+    return Trainer(config, model, train, valid, device, net, master=utils.world()[0] == 0)
 
 
 def write_idx(path, array):

@@ -8,6 +8,8 @@ import torch
 
 from conftest import ROOT, SHARED, TINY, run_main
 
+pytestmark = pytest.mark.slow  # subprocesses: main.py, torchrun, plot_glimpses.py
+
 NAME = "ram_6_8x8_2"
 SHIPPED = os.path.join(ROOT, "ckpt", "shipped")
 
@@ -66,8 +68,13 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     out = run_main(workdir, "--epochs=1", *sensor, *flags, *TINY).stdout
     assert "val acc" in out
     ckpt = torch.load(workdir / "ckpt" / f"{name}_model_best.pth.tar", weights_only=True)
-    assert ckpt["data"] == {"normalisation": [0.0, 1.0], "image_shape": [1, 40, 40],
+    dataset = flags[0].split("=")[1]
+    assert ckpt["data"] == {"dataset": dataset, "canvas_size": 40, "clutter_size": 8 if
+                            dataset == "translated" else 6, "image_size": None,
+                            "num_clutter": 0 if dataset == "translated" else 4,
+                            "normalisation": [0.0, 1.0], "image_shape": [1, 40, 40],
                             "classes": [str(i) for i in range(10)]}
+    assert ckpt["model_args"]["patch_size"] == 12 and ckpt["model_args"]["num_patches"] == 2
     assert ckpt["params"]["dataset"] == flags[0].split("=")[1]
     assert ("rnn.cell.weight_hh" in ckpt["model_state"]) == ("--core=lstm" in flags)
     with open(workdir / "plots" / name / "g_1.p", "rb") as f:
@@ -212,3 +219,34 @@ def test_shipped_paper_models_test_as_the_readme_says(real_mnist, tmp_path, flag
 
 def test_the_readme_gives_the_four_paper_models():  # translated with 8 and with 6 glimpses
     assert len(PAPER_MODELS) == 4
+
+
+def test_an_edited_forward_stops_before_training_or_trains_with_autograd(workdir, tmp_path):
+    """The researcher's one-line edit (relu_ -> tanh_ on the last line of GlimpseNetwork's
+    per_step) in a copy of the project: python main.py stops with one line naming the network
+    and the way on, before anything is written; with --autograd=True the edited model trains."""
+    import shutil
+    import subprocess
+    import sys
+    copy = tmp_path / "project"
+    copy.mkdir()
+    for f in os.listdir(ROOT):
+        if f.endswith(".py"):
+            shutil.copy(os.path.join(ROOT, f), copy / f)
+    line = "return torch.addmm(b34, what, W3).addmm_(where, W4).relu_()"
+    text = (copy / "modules.py").read_text()
+    assert text.count(line) == 1
+    (copy / "modules.py").write_text(text.replace(line, line.replace("relu_", "tanh_")))
+
+    def main(*args):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, str(copy / "main.py"), "--epochs=1", *args, *TINY],
+                              cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    proc = main()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+        "main.py: error: GlimpseNetwork's forward no longer matches its written-out derivative")
+    assert "--autograd=True" in proc.stderr and "Epoch" not in proc.stdout
+    assert not (workdir / "ckpt").exists() and not (workdir / "plots").exists()
+    proc = main("--autograd=True")
+    assert proc.returncode == 0 and "Epoch: 1/1" in proc.stdout, proc.stderr

@@ -17,6 +17,8 @@ import torch.multiprocessing as mp
 
 from conftest import ROOT, TINY, make_mnist, run_main
 
+pytestmark = pytest.mark.slow  # subprocesses: main.py, torchrun, plot_glimpses.py
+
 NAME = "ram_6_8x8_2"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -177,9 +179,9 @@ def run_two_ranks(tmp_path, fn):
 
 def one_step(rank):
     """The gradients of one training step on this rank's 3 of 6 images, through DDP."""
-    from model import RecurrentAttention, loss_terms
+    from model import ModelConfig, RecurrentAttention, loss_terms
     torch.manual_seed(0)
-    model = RecurrentAttention(g=6, k=2, s=2)
+    model = RecurrentAttention(ModelConfig(patch_size=6, num_patches=2, glimpse_scale=2))
     x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
     l_0, eps = torch.rand(6, 2) * 2 - 1, torch.randn(4, 6, 2)  # the same noise everywhere
     net = model if rank is None else torch.nn.parallel.DistributedDataParallel(model)
@@ -200,10 +202,9 @@ def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path):
 def shard_evaluation(data_dir, rank):
     """Validation on this rank's shard of tiny data, as the trainer does it."""
     import config
-    import data_loader
-    from trainer import Trainer
+    from conftest import make_trainer
     cfg = config.get_config([f"--data_dir={data_dir}", *TINY])
-    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    trainer = make_trainer(cfg)
     return trainer.evaluate(trainer.valid_loader), trainer.valid_loader.local_samples
 
 
@@ -220,11 +221,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 
 @cuda
 def test_cuda_gradients_equal_cpu():
-    from model import RecurrentAttention, loss_terms
+    from model import ModelConfig, RecurrentAttention, loss_terms
     grads = []
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
-        model = RecurrentAttention(g=6, k=2, s=2).to(device)
+        model = RecurrentAttention(ModelConfig(patch_size=6, num_patches=2)).to(device)
         x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
         l_0, eps = torch.rand(8, 2) * 2 - 1, torch.randn(4, 8, 2)
         loss_terms(model(*(t.to(device) for t in (x, l_0)), 4, eps.to(device)),
@@ -250,10 +251,10 @@ def test_cuda_torchrun_with_nccl(workdir):
 def one_trained_epoch(data_dir, rank):
     """The weights after one epoch of the trainer's own training loop on this rank."""
     import config
-    import data_loader
-    from trainer import Trainer
+    from conftest import make_trainer
     cfg = config.get_config([f"--data_dir={data_dir}", "--plot_freq=0", *TINY])
-    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    trainer = make_trainer(cfg)
+    assert isinstance(trainer.net, torch.nn.parallel.DistributedDataParallel)
     trainer.train_one_epoch(0)
     return trainer.model.state_dict()
 
@@ -264,7 +265,7 @@ def test_ddp_keeps_every_process_on_the_same_weights(tmp_path):
     make_mnist(str(tmp_path / "data"))
     a, b = run_two_ranks(tmp_path, functools.partial(one_trained_epoch, str(tmp_path / "data")))
     torch.manual_seed(1)
-    from model import RecurrentAttention
+    from model import ModelConfig, RecurrentAttention
     start = RecurrentAttention().state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)

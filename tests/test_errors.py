@@ -13,8 +13,11 @@ import contextlib
 import pytest
 import torch
 
+import checkpoint
 import utils
-from conftest import ROOT, TINY, run_main
+from conftest import ROOT, TINY, make_trainer, run_main
+
+pytestmark = pytest.mark.slow  # subprocesses: main.py, torchrun, plot_glimpses.py
 
 NAME = "ram_6_8x8_2"
 PROGRESS = re.compile(r"\d+/\d+ \[")
@@ -173,15 +176,13 @@ def test_nan_loss_stops_without_writing_a_checkpoint(workdir):
 def test_nan_loss_keeps_the_last_good_checkpoint(workdir, monkeypatch):
     """In-process: a good epoch, then weights poisoned with NaN; the saved epoch stays."""
     import config
-    import data_loader
-    from trainer import Diverged, Trainer
+    from trainer import Diverged
     monkeypatch.chdir(workdir)
     cfg = config.get_config(["--epochs=2", "--plot_freq=0", *TINY])
     utils.prepare_dirs(cfg.ckpt_dir)
-    train, valid = data_loader.get_train_valid_loader(cfg, "cpu")
-    trainer = Trainer(cfg, torch.device("cpu"), train, valid)
+    trainer = make_trainer(cfg)
     trainer.train_one_epoch(0)
-    trainer.save_checkpoint(1, is_best=True)
+    trainer.save(1, is_best=True)
     before = snapshot(workdir / "ckpt")
     with torch.no_grad():
         trainer.model.rnn.h2h.weight.fill_(float("nan"))
@@ -194,17 +195,16 @@ def test_a_bad_loss_between_two_looks_is_named_at_its_batch(workdir, monkeypatch
     """The losses are looked at every --print_freq batches (a GPU is not stalled each step):
     a loss that turns infinite at batch 13, seen at batch 20, is still named at 13."""
     import config
-    import data_loader
-    from trainer import Diverged, Trainer
+    from trainer import Diverged
     monkeypatch.chdir(workdir)
     cfg = config.get_config(["--plot_freq=0", "--batch_size=4", "--print_freq=10", "--M=2",
                              "--num_workers=0"])
     utils.prepare_dirs(cfg.ckpt_dir)
-    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    trainer = make_trainer(cfg)
     rollout, calls = trainer.run, []
 
-    def run(x, y, M=1):
-        out, losses = rollout(x, y, M)
+    def run(*args):
+        out, losses = rollout(*args)
         calls.append(len(calls) + 1)
         return out, losses._replace(action=losses.action * float("inf")) if calls[-1] == 13 \
             else losses
@@ -352,12 +352,10 @@ def test_interrupt_between_the_two_checkpoint_files_waits_for_both(workdir, monk
     """A new best writes _ckpt, then _model_best: Ctrl-C between them must not leave the best
     model an epoch behind the checkpoint that says it is the best."""
     import config
-    from trainer import Trainer
     monkeypatch.chdir(workdir)
-    import data_loader
     cfg = config.get_config(TINY)
     utils.prepare_dirs(cfg.ckpt_dir)
-    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    trainer = make_trainer(cfg)
     save_torch = utils.save_torch
 
     def save_then_interrupt(obj, path):
@@ -366,9 +364,9 @@ def test_interrupt_between_the_two_checkpoint_files_waits_for_both(workdir, monk
 
     monkeypatch.setattr(utils, "save_torch", save_then_interrupt)
     with raising_keyboard_interrupt(signal.SIGINT), pytest.raises(KeyboardInterrupt):
-        trainer.save_checkpoint(4, is_best=True)
+        trainer.save(4, is_best=True)
     for best in (False, True):
-        assert torch.load(trainer.ckpt_path(best), weights_only=True)["epoch"] == 4
+        assert torch.load(checkpoint.path(cfg, best), weights_only=True)["epoch"] == 4
 
 
 def test_missing_mnist_leaves_no_folder_behind(tmp_path):
@@ -384,11 +382,9 @@ def test_an_interrupted_epoch_leaves_no_pickles(workdir, monkeypatch):
     """The glimpses of an epoch are written with its checkpoint: Ctrl-C during epoch 2's
     validation leaves epoch 1's pickles only."""
     import config
-    import data_loader
-    from trainer import Trainer
     monkeypatch.chdir(workdir)
     cfg = config.get_config(["--epochs=3", *TINY])
-    trainer = Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+    trainer = make_trainer(cfg)
     utils.prepare_dirs(cfg.ckpt_dir, trainer.plot_dir)
     evaluate, calls = trainer.evaluate, []
 
@@ -402,7 +398,7 @@ def test_an_interrupted_epoch_leaves_no_pickles(workdir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert sorted(os.listdir(trainer.plot_dir)) == ["g_1.p", "l_1.p", "params.json"]
-    assert trainer.saved_epoch() == 1
+    assert checkpoint.saved_epoch(cfg) == 1
 
 
 @pytest.mark.parametrize("flags,code", [(["--batch_size=ten"], 2), (["--epoch=3"], 2),
@@ -479,3 +475,23 @@ def test_best_false_tests_the_latest_checkpoint(trained, tmp_path):
         out = run_main(trained, "--is_train=False", f"--ckpt_dir={ckpt_dir}", *flags,
                        *TINY).stdout
         assert f"Loaded {NAME}{loaded}" in out
+
+
+def test_a_model_tested_on_data_it_was_not_trained_for_is_one_line(trained, tmp_path):
+    """A checkpoint says what it was trained on; one that says nothing is the seed's (MNIST
+    28x28): asked to test on translated canvases, each is refused in one line, nothing
+    written."""
+    ckpt = torch.load(trained / "ckpt" / f"{NAME}_model_best.pth.tar", weights_only=True)
+    assert ckpt["data"]["dataset"] == "mnist" and ckpt["model_args"]["num_glimpses"] == 6
+    seed_like = {k: ckpt[k] for k in ("epoch", "model_state", "optim_state", "best_valid_acc")}
+    assert checkpoint.trained_data(seed_like) == checkpoint.SEED_DATA
+    for state, words in ((ckpt, "--dataset=mnist (given translated)"),
+                         (seed_like, "CxHxW (1x40x40) are not the model's (1x28x28)")):
+        folder = tmp_path / str(len(state))
+        folder.mkdir()
+        torch.save(state, folder / f"{NAME}_translated40_model_best.pth.tar")
+        before = snapshot(folder)
+        proc = run_main(trained, "--is_train=False", f"--ckpt_dir={folder}",
+                        "--dataset=translated", "--canvas_size=40", *TINY, check=False)
+        assert_user_error(proc, words)
+        assert snapshot(folder) == before

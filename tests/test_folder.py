@@ -11,6 +11,8 @@ from PIL import Image
 
 from conftest import TINY, make_config, run_main
 
+pytestmark = pytest.mark.slow  # subprocesses: main.py, torchrun, plot_glimpses.py
+
 CLASSES = ["circle", "cross", "dot"]
 
 
@@ -122,10 +124,10 @@ def test_colour_non_square_streamed_with_its_own_valid_folder(tmp_path):
 
 
 def loaders(data, *flags):
-    import data_loader
+    import image_folder
     config = make_config("--dataset=folder", f"--data_dir={data}", "--num_workers=0",
                          "--batch_size=10", *flags)
-    return data_loader.get_train_valid_loader(config, torch.device("cpu"), 16)
+    return image_folder.get_train_valid_loader(config, torch.device("cpu"), 16)
 
 
 def test_streamed_and_in_memory_serve_the_same_batches(tmp_path):
@@ -180,15 +182,15 @@ def test_channels_come_from_the_data_and_image_size_resizes(tmp_path):
 def test_probabilities_are_averaged_over_the_M_rollouts():
     """p: the mean over M rollouts of each image's softmax; row r of the rollouts looks at
     image r % B (checked by running each copy alone with the same noise)."""
-    from model import RecurrentAttention
-    from trainer import probabilities
+    from model import ModelConfig, RecurrentAttention
+    from main import probabilities
     torch.manual_seed(0)
-    model = RecurrentAttention(c=3, num_classes=4).eval()
     B, M, T = 5, 3, 4
+    model = RecurrentAttention(ModelConfig(channels=3, num_classes=4, num_glimpses=T)).eval()
     x, l_0 = torch.randn(B, 3, 20, 14), torch.rand(M * B, 2) * 2 - 1
     with torch.no_grad():
         torch.manual_seed(1)
-        _, p = probabilities(model, x, l_0, T)
+        _, p = probabilities(model, x, l_0)
         torch.manual_seed(1)
         eps = torch.randn(T, M * B, 2)
         ref = sum(model(x, l_0[m * B:(m + 1) * B], T, eps[:, m * B:(m + 1) * B])

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GlimpseLoop, RecurrentAttention, Rollout, glimpse_loop, loss_terms
+from model import (GlimpseLoop, ModelConfig, RecurrentAttention, Rollout, glimpse_loop,
+                   loss_terms)
 from modules import LocationNetwork, LSTMCore
 
 SEED_KEYS = [f"{m}.{p}" for m in ("sensor.fc1", "sensor.fc2", "sensor.fc3", "sensor.fc4",
@@ -18,6 +19,10 @@ def test_seed_parameter_count_and_names():
     assert sum(p.numel() for p in model.parameters()) == 209_677
     assert list(model.state_dict()) == SEED_KEYS
     # the defaults are the seed's published run, with the written-out backward
+    assert model.config == ModelConfig(patch_size=8, num_patches=1, glimpse_scale=2,
+                                       channels=1, glimpse_hidden=128, loc_hidden=128,
+                                       hidden_size=256, num_classes=10, num_glimpses=6,
+                                       core="rnn", std=0.17, autograd=False)
     retina = model.sensor.retina
     assert (retina.g, retina.k, retina.s, model.std, model.locator.std) == (8, 1, 2, 0.17, 0.17)
     assert model.hidden_size == 256 and not model.autograd
@@ -56,7 +61,7 @@ def test_forward_equals_plain_equations(std):
     policy (std 1.5) most samples fall outside [-1, 1]: the glimpse is taken at the clamped
     location and log pi is of the raw sample, as in the seed."""
     torch.manual_seed(1)
-    model = RecurrentAttention(g=8, k=2, s=2, std=std)
+    model = RecurrentAttention(ModelConfig(patch_size=8, num_patches=2, glimpse_scale=2, std=std))
     x, l_0 = torch.randn(9, 1, 28, 28), torch.tensor([[0.1, -0.4], [1.0, 1.0], [-1.0, 0.3]] * 3)
     torch.manual_seed(7)
     out = model(x, l_0, 4)
@@ -104,7 +109,7 @@ def test_gradients_equal_plain_backprop(k, core):
     """Every parameter's gradient of the hybrid loss equals backprop through the plain loop,
     and evaluation without autograd gives the same loss."""
     torch.manual_seed(8)
-    model = RecurrentAttention(g=6, k=k, s=2, core=core)
+    model = RecurrentAttention(ModelConfig(patch_size=6, num_patches=k, glimpse_scale=2, core=core))
     x, y, l_0 = torch.randn(7, 1, 28, 28), torch.randint(0, 10, (7,)), torch.rand(7, 2) * 2 - 1
     torch.manual_seed(9)
     ours = loss_terms(model(x, l_0, 5), y).total
@@ -129,7 +134,7 @@ def test_bptt_equals_autograd_in_float64(T):
     float64 so that any mistake shows above rounding, for a loss on every h_t (the hybrid loss
     reads only h_T) and for T = 1, where nothing recurs."""
     torch.manual_seed(10)
-    model = RecurrentAttention(g=6, k=2, s=2).double()
+    model = RecurrentAttention(ModelConfig(patch_size=6, num_patches=2, glimpse_scale=2)).double()
     x, l_0 = torch.randn(5, 1, 28, 28, dtype=torch.float64), torch.rand(5, 2).double() * 2 - 1
     eps = torch.randn(T, 5, 2, dtype=torch.float64)
     c = torch.randn(5, T, 256, dtype=torch.float64)  # dL/dh_t for every t
@@ -162,7 +167,7 @@ def test_autograd_switch_trains_the_same_model(monkeypatch):
         used = []
         monkeypatch.setattr(GlimpseLoop, "apply", lambda *a: used.append(1) or apply(*a))
         torch.manual_seed(12)
-        model = RecurrentAttention(g=6, k=2, s=2, autograd=autograd)
+        model = RecurrentAttention(ModelConfig(patch_size=6, num_patches=2, autograd=autograd))
         x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
         out = model(x, torch.rand(6, 2) * 2 - 1, 4)
         loss = loss_terms(out, y).total
@@ -231,32 +236,29 @@ def test_tiny_batches(B):
     assert out.b.shape == (B, 6) and torch.isfinite(losses.total)
 
 
+@pytest.mark.slow  # compiling takes a while
 def test_compiled_rollout_matches_eager(monkeypatch):
     """--compile=True runs the trainer's rollout and loss as one compiled function (C++ wrapper
     on CPU): the same computation within float error, for training (forward and backward)
     and for evaluation on M copies. Compiled code draws its noise with its own generator;
     fallback_random makes it eager's."""
     import torch._inductor.config
-    import config
-    from data_loader import Batches
-    from trainer import Trainer
+    from model import compiled
+    from trainer import rollout
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    data = Batches(torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.zeros(8), range(8), 8)
-    trainer = Trainer(config.get_config(["--compile=True", "--num_glimpses=3", "--M=2"]),
-                      torch.device("cpu"), data, data)
-    assert trainer.run != trainer.rollout  # the compiled function, not the method
-    model = trainer.model
+    model = RecurrentAttention(ModelConfig(num_glimpses=3))
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    l_0, l_eval = torch.rand(8, 2) * 2 - 1, torch.rand(16, 2) * 2 - 1
     results = []
-    for run in (trainer.rollout, trainer.run):
+    for run in (rollout, compiled(rollout, torch.device("cpu"))):
         torch.manual_seed(5)
-        out, losses = run(x, y)
+        out, losses = run(model, x, y, l_0)
         model.zero_grad()
         losses.total.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         torch.manual_seed(6)
         with torch.no_grad():
-            _, eval_losses = run(x, y, 2)
+            _, eval_losses = run(model, x, y, l_eval, 2)
         results.append((*out, *losses, *eval_losses, grads))
     for a, b in zip(*(r[:-1] for r in results)):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -301,5 +303,44 @@ def test_lstm_core_follows_the_lstm_equations():
         h = torch.sigmoid(o) * torch.tanh(c)
         got = step(g_t, got)
         torch.testing.assert_close(got, h)
-    model = RecurrentAttention(core="lstm")
+    model = RecurrentAttention(ModelConfig(core="lstm"))
     assert model.autograd and isinstance(model.rnn, LSTMCore)
+
+
+def edited(module, cls, line, new):
+    """cls of a copy of modules.py with this one line edited, as a researcher would."""
+    import inspect
+    import types
+    import modules
+    text = inspect.getsource(modules)
+    assert text.count(line) == 1, line
+    copy = types.ModuleType("edited_modules")
+    exec(compile(text.replace(line, new), "modules.py", "exec"), copy.__dict__)
+    return getattr(copy, cls)
+
+
+GLIMPSE_LAST = "return torch.addmm(b34, what, W3).addmm_(where, W4).relu_()"
+CORE_LAST = "return (z if h_prev is None else z.addmm_(h_prev, W_h)).relu_()"
+
+
+@pytest.mark.parametrize("cls,line,method", [
+    ("GlimpseNetwork", GLIMPSE_LAST, "weight_grads"),
+    ("CoreNetwork", CORE_LAST, "backward_through_time")])
+def test_an_edited_forward_without_its_derivative_is_stopped(monkeypatch, cls, line, method):
+    """relu_ -> tanh_ on the last line of a network's per_step: the written-out derivative no
+    longer matches, and check_derivatives names the network, the method to update and
+    --autograd=True; with autograd on the edited model passes, and the unedited one does."""
+    from model import DerivativeMismatch, check_derivatives
+    import modules
+    plain, auto = RecurrentAttention(ModelConfig(num_patches=2)), RecurrentAttention(
+        ModelConfig(num_patches=2, autograd=True))
+    state = torch.get_rng_state()
+    check_derivatives(plain)
+    monkeypatch.setattr(getattr(modules, cls), "per_step",
+                        edited(modules, cls, line, line.replace("relu_", "tanh_")).per_step)
+    with pytest.raises(DerivativeMismatch) as e:
+        check_derivatives(plain)
+    assert str(e.value).startswith(f"{cls}'s forward no longer matches")
+    assert f"{cls}.{method} in modules.py" in str(e.value) and "--autograd=True" in str(e.value)
+    check_derivatives(auto)
+    assert torch.equal(torch.get_rng_state(), state)  # the check draws from no global stream

@@ -3,9 +3,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY, run_main
+
+pytestmark = pytest.mark.slow  # subprocesses: main.py, torchrun, plot_glimpses.py
 
 
 def plot(*args):

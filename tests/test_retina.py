@@ -65,12 +65,22 @@ def test_retina_centre_pixel_and_zero_padding():
     assert phi.tolist() == [[0.0, 0.0, 3.0, 4.0]]
 
 
-def test_retina_reuses_padding_across_glimpses():
-    x = torch.randn(5, 1, 28, 28)
-    retina = Retina(8, 2, 2)
+@pytest.mark.parametrize("g,k,s", [(8, 2, 2), (5, 3, 2)])
+def test_one_padding_serves_every_glimpse_of_a_rollout(g, k, s):
+    """A rollout pads its images once (prepare) and takes all T glimpses from them: each
+    glimpse, at locations that move from corner to corner, is the reference's at that
+    location, and taking one leaves the padded images as they were for the next."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 1, 23, 28, generator=gen)
+    retina = Retina(g, k, s)
     prepared = retina.prepare(x)
-    for l in (torch.zeros(5, 2), torch.rand(5, 2) * 2 - 1):
-        assert torch.equal(retina.glimpse(prepared, l), retina.foveate(x, l))
+    path = [torch.tensor(CORNERS[i:i + 5], dtype=torch.float32) for i in range(0, 7, 3)]
+    path.append(torch.rand(5, 2, generator=gen) * 2 - 1)
+    first = retina.glimpse(prepared, path[0])
+    for l in path:
+        torch.testing.assert_close(retina.glimpse(prepared, l), reference_phi(x, l, g, k, s),
+                                   rtol=1e-6, atol=1e-6)
+    assert torch.equal(retina.glimpse(prepared, path[0]), first)
 
 
 @pytest.mark.parametrize("g,k,s,C", [(12, 4, 2, 1), (5, 3, 2, 3), (3, 2, 3, 2), (8, 1, 2, 1)])

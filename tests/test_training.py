@@ -5,11 +5,12 @@ import re
 import pytest
 import torch
 
+import checkpoint
 import config
-import data_loader
-from conftest import make_mnist, run_main
+import main
+from conftest import make_mnist, make_trainer, run_main
 from model import Rollout
-from trainer import Trainer
+from trainer import initial_location, rollout
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def trainer(tmp_path, monkeypatch):
         config.check(cfg)
         import utils
         utils.prepare_dirs(cfg.ckpt_dir)
-        return Trainer(cfg, torch.device("cpu"), *data_loader.get_train_valid_loader(cfg, "cpu"))
+        return make_trainer(cfg)
     return make
 
 
@@ -71,11 +72,11 @@ def test_rollout_averages_the_m_copies_of_each_image(trainer, M):
     neighbouring images; training's rollout (M left out) is one run per image."""
     t = trainer(f"--M={M}", "--num_glimpses=2")
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    l_0 = initial_location(4 * M, "random", "cpu")
     torch.manual_seed(3)
     with torch.no_grad():
-        out, losses = t.rollout(x, y, M) if M > 1 else t.rollout(x, y)
+        out, losses = rollout(t.model, x, y, l_0, M) if M > 1 else rollout(t.model, x, y, l_0)
     torch.manual_seed(3)
-    l_0 = torch.empty(4 * M, 2).uniform_(-1, 1)  # as initial_location draws
     with torch.no_grad():
         rows = t.model(x.repeat(M, 1, 1, 1), l_0, 2)
     for name, got, all_rows in zip(Rollout._fields, out, rows):
@@ -96,24 +97,27 @@ def test_evaluate_counts_every_image_once(trainer):
     loader.batch_size = 7  # 25 images: 4 batches
     threes = int((loader.labels[loader.indices] == 3).sum())
     run, calls = t.run, []
-    t.run = lambda x, y, M=1: calls.append(M) or run(x, y, M)
+    t.run = lambda net, x, y, l_0, M=1: calls.append((M, len(l_0))) or run(net, x, y, l_0, M)
     torch.manual_seed(4)
     loss, acc, correct = t.evaluate(loader)
     assert loader.num_samples == 25 and correct == threes and acc == 100 * threes / 25
-    assert calls == [2] * 4 and not t.model.training  # M runs per image, every batch
+    # M runs per image, every batch
+    assert calls == [(2, 14)] * 3 + [(2, 8)] and not t.model.training
     torch.manual_seed(4)  # the loss: the mean over the images of each batch's loss
     with torch.no_grad():
-        expected = sum(run(x, y, 2)[1].total.item() * len(y) for x, y in loader) / 25
+        expected = sum(run(t.model, x, y, initial_location(2 * len(x), "random", "cpu"), 2)[1]
+                       .total.item() * len(y) for x, y in loader) / 25
     assert loss == pytest.approx(expected, rel=1e-6)
 
 
-def test_initial_location(trainer):
-    assert torch.equal(trainer("--init_loc=center").initial_location(5), torch.zeros(5, 2))
-    l_0 = trainer().initial_location(2000)
+def test_initial_location():
+    assert torch.equal(initial_location(5, "center", "cpu"), torch.zeros(5, 2))
+    l_0 = initial_location(2000, "random", "cpu")
     assert l_0.shape == (2000, 2) and l_0.min() >= -1 and l_0.max() <= 1
     assert l_0.min() < -0.99 and l_0.max() > 0.99 and abs(l_0.mean()) < 0.05  # uniform
 
 
+@pytest.mark.slow
 def test_a_short_run_learns(tmp_path):
     """On the tiny data (a bright square whose place is the class), 10 epochs with a glimpse
     wide enough to see it reach far above chance (10%); a broken loss stays near chance."""
@@ -172,7 +176,7 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer
     assert len(steps) == 6  # 90 training images, 16 a batch
     for a, p in zip(average, t.evaluated.parameters()):
         torch.testing.assert_close(p, a)
-    ckpt = torch.load(t.ckpt_path(best=False), weights_only=True)
+    ckpt = torch.load(checkpoint.path(t.config, best=False), weights_only=True)
     names = [n for n, _ in t.model.named_parameters()]
     for n, a, w in zip(names, average, steps[-1]):
         torch.testing.assert_close(ckpt["model_state"][n], a)
@@ -185,7 +189,8 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer
     torch.manual_seed(6)
     assert got == plain.evaluate(plain.valid_loader)
     # testing the latest checkpoint (--best=False) tests the average too, not train_state
-    tester = trainer("--is_train=False", "--best=False", "--ema_decay=0.8", "--M=2")
-    tester.load_checkpoint(best=False)
-    for n, p in tester.model.named_parameters():
+    tested, _ = main.trained_model(config.get_config(["--is_train=False", "--best=False",
+                                                      "--ema_decay=0.8", "--M=2"]),
+                                   torch.device("cpu"), None, None)
+    for n, p in tested.named_parameters():
         assert torch.equal(p, ckpt["model_state"][n]), n

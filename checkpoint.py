@@ -1,0 +1,255 @@
+"""What a run writes and reads back: checkpoints, the params json, the glimpse pickles.
+
+A checkpoint is the seed's dict (epoch, model_state, optim_state, best_valid_acc) and more:
+scheduler_state, counter, rng_states (every process's), params (the flags), model_args (the
+ModelConfig), data (what it was trained on); with --ema_decay, train_state and ema_steps.
+Every file is written to a temporary file and renamed: a crash leaves the old or the new one.
+"""
+import json
+import os
+import pickle
+
+import torch
+
+import utils
+from utils import UserError
+
+# what a checkpoint says of its data; one without a record is the seed's: MNIST 28x28
+DATA_FLAGS = ("dataset", "canvas_size", "num_clutter", "clutter_size", "image_size")
+SEED_DATA = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
+             "clutter_size": None, "image_size": None, "normalisation": [0.1307, 0.3081],
+             "image_shape": [1, 28, 28], "classes": [str(i) for i in range(10)]}
+
+
+def path(config, best):
+    suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
+    return os.path.join(config.ckpt_dir, utils.model_name(config) + suffix)
+
+
+def json_path(config):
+    return os.path.join(config.ckpt_dir, utils.model_name(config) + "_params.json")
+
+
+# ------------------------------------------------------------------------------- writing
+def data_record(config, loader):
+    """The checkpoint's data: the data flags, and the loader's normalisation, shape, classes."""
+    record = {k: getattr(config, k) for k in DATA_FLAGS}
+    record.update(normalisation=list(loader.normalisation),
+                  image_shape=list(loader.image_shape), classes=list(loader.classes))
+    return record
+
+
+def save_config(config):
+    """Writes <ckpt_dir>/<model_name>_params.json, as the seed does."""
+    print("[*] Model Checkpoint Dir: {}".format(config.ckpt_dir))
+    print("[*] Param Path: {}".format(json_path(config)))
+    utils.save_json(vars(config), json_path(config))
+
+
+def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
+    """The epoch's checkpoint (and the best one, on a new best), then its glimpse pickles, as
+    one step: Ctrl-C waits for all of them, so that an interrupted epoch leaves none."""
+    with utils.signals_held():
+        utils.save_torch(state, path(config, best=False))
+        if is_best:
+            utils.save_torch(state, path(config, best=True))
+        if glimpses is not None:
+            save_glimpses(plot_dir, state["epoch"], *glimpses, vars(config))
+
+
+def save_glimpses(plot_dir, epoch, imgs, locs, params):
+    """g_<epoch>.p: [the 9 images]; l_<epoch>.p: T arrays (9, 2), where glimpses 1..T were
+    taken (l_0 first), in [-1, 1]; and params.json, the run's settings, for plot_glimpses.py."""
+    imgs = [imgs.squeeze(1) if imgs.shape[1] == 1 else imgs]
+    locs = list(locs.transpose(1, 0, 2))
+    for name, obj in ((f"g_{epoch}.p", imgs), (f"l_{epoch}.p", locs)):
+        utils.atomic_write(os.path.join(plot_dir, name), lambda f: pickle.dump(obj, f))
+    utils.save_json(params, os.path.join(plot_dir, "params.json"))
+
+
+def refuse_to_overwrite(config):
+    """A fresh run never replaces another run's checkpoints unless told to start over."""
+    found = [p for p in (path(config, False), path(config, True)) if os.path.exists(p)]
+    if not found or config.overwrite:
+        return
+    try:
+        ckpt = torch.load(found[0], map_location="cpu", weights_only=True)
+        what = f"epoch {ckpt['epoch']}, best valid acc {ckpt['best_valid_acc']:.3f}%"
+    except Exception:
+        what = "unreadable"
+    raise UserError(f"{found[0]} holds an earlier run ({what}): continue it with "
+                    "--resume=True, train elsewhere with --ckpt_dir=DIR, or start over "
+                    "with --overwrite=True")
+
+
+# ------------------------------------------------------------------------------- reading
+def read(file, device):
+    try:
+        ckpt = torch.load(file, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is no checkpoint
+        raise UserError(f"{file} is not a readable checkpoint ({type(e).__name__}): "
+                        "it is truncated or corrupt") from None
+    missing = [k for k in ("epoch", "model_state", "best_valid_acc")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{file} is not a RAM checkpoint: it has no {', '.join(missing)}")
+    return ckpt
+
+
+def saved_epoch(config):
+    """The epoch the latest checkpoint on disk holds (None if none): read from the file, not
+    remembered, so that an interrupt in the middle of saving cannot make it wrong."""
+    try:
+        return torch.load(path(config, False), map_location="cpu", weights_only=True)["epoch"]
+    except Exception:
+        return None
+
+
+def load(config, device, best):
+    """This run's checkpoint, checked against the flags: (ckpt, path)."""
+    file = path(config, best)
+    if not os.path.isfile(file):
+        raise UserError(missing(file, config))
+    ckpt = read(file, device)
+    check(ckpt, file, config)
+    return ckpt, file
+
+
+def params(ckpt, config):
+    """The flags a checkpoint was trained with: its own, else the json the seed left beside
+    it, else None (the seed's checkpoint alone: checked by its tensors' shapes)."""
+    if ckpt.get("params"):
+        return ckpt["params"]
+    try:
+        with open(json_path(config)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def trained_data(ckpt, settings=None):
+    """What a checkpoint says of its training data (DATA_FLAGS, normalisation, image_shape,
+    classes); one that says nothing is the seed's (SEED_DATA)."""
+    data = dict(SEED_DATA)
+    data.update({k: settings[k] for k in DATA_FLAGS if k in (settings or {})})
+    data.update(ckpt.get("data") or {})
+    return data
+
+
+def trained_settings(ckpt, settings):
+    """{flag: value} of the network and the data a checkpoint was trained with."""
+    args = ckpt.get("model_args") or settings or {}
+    trained = {k: args.get(k, v) for k, v in NETWORK_DEFAULTS.items()}
+    data = trained_data(ckpt, settings)
+    trained.update({k: data[k] for k in DATA_FLAGS})
+    return trained
+
+
+# the network's flags and what a checkpoint from before a flag existed was trained with
+NETWORK_DEFAULTS = {"patch_size": 8, "num_patches": 1, "glimpse_scale": 2, "glimpse_hidden": 128,
+                    "loc_hidden": 128, "hidden_size": 256, "num_glimpses": 6, "core": "rnn"}
+
+
+def check(ckpt, file, config):
+    """Names the flags whose values differ from those the checkpoint was trained with."""
+    settings = params(ckpt, config)
+    if settings is None and not ckpt.get("model_args"):
+        return
+    differ = [f"--{k}={v} (given {getattr(config, k)})"
+              for k, v in trained_settings(ckpt, settings).items() if v != getattr(config, k)]
+    if differ:
+        raise UserError(f"{file} was trained with other settings: {', '.join(differ)}; "
+                        "pass those flags to use it")
+
+
+def missing(file, config):
+    """The error for a checkpoint that is not there, naming the runs that are, with the flags
+    that would select them."""
+    folder = os.path.dirname(file)
+    others = []
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, f)) as fh:
+                settings = json.load(fh) if f.endswith("_params.json") else None
+        except (OSError, ValueError):
+            settings = None
+        if isinstance(settings, dict):
+            flags = [f"--{k}={v}" for k, v in trained_settings({}, settings).items()
+                     if v is not None and v != getattr(config, k)]
+            others.append(f"{f[:-len('_params.json')]} ({' '.join(flags) or 'no flag differs'})")
+    held = f"; {folder} holds {', '.join(others[:4])}" if others else ""
+    return (f"no checkpoint {file}{held}: train first (python main.py), or pass the flags of "
+            "the model to use, and --ckpt_dir if it is elsewhere")
+
+
+def load_weights(model, state, file):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        own = model.state_dict()
+        bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+               if k in own and v.shape != own[k].shape]
+        extra = sorted(set(state) ^ set(own))
+        what = "; ".join(bad) + ("; keys differ: " + ", ".join(extra) if extra else "")
+        raise UserError(f"{file} was made with another configuration (checkpoint vs these "
+                        f"flags: {what}); pass the flags it was trained with") from None
+
+
+def loaded(file, ckpt, where):
+    print("[*] Loading model from {}".format(where))
+    print("[*] Loaded {} checkpoint @ epoch {} with best valid acc of {:.3f}".format(
+        os.path.basename(file), ckpt["epoch"], ckpt["best_valid_acc"]))
+
+
+# ------------------------------------------------------------------------------- new runs
+def init_from(model, file, config, device):
+    """--init_from: FILE's weights into model, for a new run (fine-tuning, a warm restart)."""
+    if not os.path.isfile(file):
+        raise UserError(f"--init_from: no checkpoint {file}")
+    ckpt = read(file, device)
+    check_split(ckpt.get("params"), file, config)
+    load_weights(model, ckpt["model_state"], file)
+    loaded(file, ckpt, file)
+
+
+def check_split(settings, file, config):
+    """--init_from: a model trained on MNIST's training digits (whichever canvases) keeps its
+    train/validation split, or validation would score digits it was trained on."""
+    mnist = ("mnist", "translated", "cluttered")
+    if not settings or settings.get("dataset", "mnist") not in mnist or \
+            config.dataset not in mnist:
+        return
+    differ = [f"--{k}={settings[k]} (given {getattr(config, k)})"
+              for k in ("random_seed", "valid_size", "shuffle")
+              if k in settings and settings[k] != getattr(config, k)]
+    if differ:
+        raise UserError(f"{file} was trained on another train/validation split of MNIST: "
+                        f"{', '.join(differ)}; pass those flags, or validation holds digits "
+                        "it was trained on")
+
+
+def resume(trainer, config, device, rank, world):
+    """Everything the next epoch depends on, from this run's latest checkpoint."""
+    ckpt, file = load(config, device, best=False)
+    decay = (ckpt.get("params") or {}).get("lr_decay", 1)
+    if decay != config.lr_decay:  # the other schedule's state would not load
+        raise UserError(f"{file} was trained with --lr_decay={decay}: resume with it")
+    if ckpt["epoch"] >= config.epochs:
+        raise UserError(f"the checkpoint has {ckpt['epoch']} epochs and --epochs="
+                        f"{config.epochs} is the total: pass a larger --epochs")
+    load_weights(trainer.model, ckpt.get("train_state", ckpt["model_state"]), file)
+    trainer.optimizer.load_state_dict(ckpt["optim_state"])
+    if "scheduler_state" in ckpt:
+        trainer.scheduler.load_state_dict(ckpt["scheduler_state"])
+    if trainer.ema:  # a checkpoint without one starts its average from model_state
+        trainer.ema.module.load_state_dict(ckpt["model_state"])
+        trainer.ema.n_averaged.fill_(ckpt.get("ema_steps", 0))
+    trainer.start_epoch, trainer.best_valid_acc = ckpt["epoch"], ckpt["best_valid_acc"]
+    trainer.counter = ckpt.get("counter", 0)
+    states = ckpt.get("rng_states") or [ckpt.get("rng_state")]
+    if len(states) == world and states[0] is not None:
+        utils.set_rng_state(states[rank])
+    elif world > 1:  # another number of processes: a stream of its own each
+        utils.set_rng_state(states[0])
+        torch.manual_seed(config.random_seed + 7919 * rank + ckpt["epoch"])
+    loaded(file, ckpt, config.ckpt_dir)
