@@ -12,6 +12,7 @@ import pickle
 import torch
 
 import utils
+from model import ModelConfig
 from utils import UserError
 
 # what a checkpoint says of its data; one without a record is the seed's: MNIST 28x28
@@ -138,16 +139,11 @@ def trained_data(ckpt, settings=None):
 
 def trained_settings(ckpt, settings):
     """{flag: value} of the network and the data a checkpoint was trained with."""
-    args = ckpt.get("model_args") or settings or {}
-    trained = {k: args.get(k, v) for k, v in NETWORK_DEFAULTS.items()}
+    # a checkpoint from before a flag existed was trained with its default
+    trained = ModelConfig.of(ckpt.get("model_args") or settings or {}).network()
     data = trained_data(ckpt, settings)
     trained.update({k: data[k] for k in DATA_FLAGS})
     return trained
-
-
-# the network's flags and what a checkpoint from before a flag existed was trained with
-NETWORK_DEFAULTS = {"patch_size": 8, "num_patches": 1, "glimpse_scale": 2, "glimpse_hidden": 128,
-                    "loc_hidden": 128, "hidden_size": 256, "num_glimpses": 6, "core": "rnn"}
 
 
 def check(ckpt, file, config):

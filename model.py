@@ -48,10 +48,12 @@ class ModelConfig:
         return cls(**{**{k: v for k, v in settings.items() if k in names}, **given})
 
     def network(self):
-        """The fields that make the network what it is: all but how it is trained and how
-        widely its policy samples (--std may differ at test, as in the seed)."""
+        """{flag: value} of the fields that make the network what it is, but those the data
+        gives (channels, classes), how it is trained and how widely its policy samples (--std
+        may differ at test, as in the seed)."""
         d = dataclasses.asdict(self)
-        del d["std"], d["autograd"]
+        for k in ("channels", "num_classes", "std", "autograd"):
+            del d[k]
         return d
 
 
