@@ -1,4 +1,5 @@
-"""Throughput of RAM training and evaluation, this project's way and the seed's way.
+"""Throughput of RAM training and evaluation, this project's way and the seed's way, and the
+multiply-adds per image (RAM's or a baseline's, --model).
 
     python bench.py                                   # defaults: batch 32, 1 scale, M=10
     python bench.py --batch_size=128 --num_patches=3  # the paper's multi-scale setting
@@ -20,8 +21,9 @@ import torch.nn.functional as F
 
 import config
 from data_loader import Batches, Canvases
-from main import eval_batch_size
-from model import ModelConfig, RecurrentAttention, Rollout, compiled, loss_terms
+from baselines import multiply_adds
+from main import build, eval_batch_size
+from model import Rollout, compiled, loss_terms
 from modules import Retina
 from trainer import initial_location, rollout
 from utils import UserError, error_exit
@@ -98,7 +100,7 @@ def get_args(argv=None):
         config.check(args)
         if args.dataset == "folder":
             raise UserError("bench.py times mnist, translated or cluttered (random digits)")
-        if args.seed_style and (args.dataset != "mnist" or args.core != "rnn"):
+        if args.seed_style and (args.dataset, args.core, args.model) != ("mnist", "rnn", "ram"):
             raise UserError("--seed_style=True is the seed's 28x28 MNIST with its rnn core only")
     except UserError as e:
         error_exit(f"bench.py: error: {e}", 1)
@@ -124,7 +126,7 @@ def main():
     cfg = get_args()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = RecurrentAttention(ModelConfig.of(vars(cfg))).to(device)
+    model = build(cfg, (1, cfg.size, cfg.size), [str(i) for i in range(10)], device)
     if cfg.seed_style:
         model.sensor.retina = SeedRetina(cfg.patch_size, cfg.num_patches, cfg.glimpse_scale)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=not cfg.seed_style)
@@ -175,10 +177,13 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
     style = "seed-style" if cfg.seed_style else "this project"
+    what = f"{cfg.num_patches} scale(s) of {cfg.patch_size}x{cfg.patch_size}, {T} glimpses, " \
+        f"{cfg.core} core, M={cfg.M}" if cfg.model == "ram" else f"the {cfg.model} baseline"
     print(f"{style} on {name}: {cfg.dataset} {cfg.size}x{cfg.size}, batch {cfg.batch_size}, "
-          f"{cfg.num_patches} scale(s) of "
-          f"{cfg.patch_size}x{cfg.patch_size}, {T} glimpses, {cfg.core} core, M={cfg.M}"
-          + (", compiled" if cfg.compile else "") + (", autograd" if cfg.autograd else ""))
+          + what + (", compiled" if cfg.compile else "") + (", autograd" if cfg.autograd else ""))
+    x1 = torch.zeros(1, 1, cfg.size, cfg.size, device=device)
+    print(f"multiply-adds per image: {multiply_adds(model, x1, torch.zeros(1, 2, device=device)):,}"
+          f" a rollout (test runs M={cfg.M})")
     train_ips = timed(train_step, cfg.batch_size)
     eval_ips = timed(eval_step, eval_bs) * cfg.M  # rows per second
     est = NUM_TRAIN / train_ips + NUM_VALID * cfg.M / eval_ips

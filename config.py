@@ -60,6 +60,12 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                     formatter_class=Defaults,
                     allow_abbrev=False)  # --epoch must not silently mean --epochs
 
+    parser.add_argument("--model", choices=("ram", "fc", "convnet"), default="ram",
+                        help="ram: the Recurrent Attention Model; fc, convnet: the paper's "
+                             "baselines, trained by the same loop (fc: 2 layers of "
+                             "--hidden_size rectifier units; convnet: 8 filters of 10x10 at "
+                             "stride 5, then 256 rectifier units)")
+
     glimpse_arg = parser.add_argument_group("Glimpse Network Params")
     glimpse_arg.add_argument("--patch_size", type=int, default=8,
                              help="size g of the extracted patch at highest res")
@@ -85,7 +91,12 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
     reinforce_arg.add_argument("--std", type=float, default=0.17,
                                help="gaussian policy standard deviation")
     reinforce_arg.add_argument("--M", type=int, default=10,
-                               help="Monte Carlo sampling for valid and test sets")
+                               help="Monte Carlo sampling for valid and test sets (RAM's: the "
+                                    "baselines are deterministic and take 1)")
+    reinforce_arg.add_argument("--random_glimpses", type=str2bool, default=False,
+                               help="RAM glimpses at uniformly random places instead of where "
+                                    "its policy says (the paper's \"random glimpses\" rows): "
+                                    "what the learned policy is worth")
     reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="random",
                                help="first glimpse location: uniform in [-1, 1]^2 (the seed) "
                                     "or the image centre")
@@ -223,7 +234,11 @@ def check(config):
         raise UserError(f"--lr_decay must be in (0, 1], got {config.lr_decay}")
     if not config.init_lr > 0:
         raise UserError(f"--init_lr must be positive, got {config.init_lr}")
-    if config.hidden_size != config.glimpse_hidden + config.loc_hidden:
+    if config.model != "ram":  # deterministic: one run per image
+        if config.random_glimpses:
+            raise UserError(f"--random_glimpses is RAM's: --model={config.model} has no glimpses")
+        config.M = 1
+    elif config.hidden_size != config.glimpse_hidden + config.loc_hidden:
         raise UserError(f"--hidden_size ({config.hidden_size}) must equal --glimpse_hidden + "
                         f"--loc_hidden ({config.glimpse_hidden} + {config.loc_hidden})")
     if config.resume and config.overwrite:

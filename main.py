@@ -28,6 +28,7 @@ import checkpoint
 import data_loader
 import image_folder
 import utils
+from baselines import BASELINES
 from config import check, get_config
 from model import ModelConfig, RecurrentAttention, check_derivatives, compiled
 from trainer import Trainer, evaluate, initial_location, rollout
@@ -59,8 +60,9 @@ def dataset(config):
 
 def build(config, image_shape, classes, device):
     """The model the flags describe, for images of image_shape (C, H, W) and these classes."""
-    model = RecurrentAttention(ModelConfig.of(vars(config), channels=image_shape[0],
-                                              num_classes=len(classes))).to(device)
+    C, H, W = image_shape
+    args = ModelConfig.of(vars(config), channels=C, num_classes=len(classes), height=H, width=W)
+    model = BASELINES.get(args.model, RecurrentAttention)(args).to(device)
     print("[*] Number of model parameters: {:,}".format(
         sum(p.numel() for p in model.parameters())))
     return model
@@ -72,7 +74,8 @@ def train(config, device, rank, world):
     train_loader, valid_loader = dataset(config).get_train_valid_loader(
         config, device, eval_batch_size(config))
     model = build(config, train_loader.image_shape, train_loader.classes, device)
-    check_derivatives(model)  # before anything is written
+    if isinstance(model, RecurrentAttention):
+        check_derivatives(model)  # before anything is written
     if rank:  # the same initial weights everywhere, then noise of its own
         torch.manual_seed(config.random_seed + 7919 * rank)
     net = data_parallel(model, train_loader, valid_loader, device, rank, world)
@@ -81,7 +84,8 @@ def train(config, device, rank, world):
         for p in glob.glob(os.path.join(plot_dir, "[gl]_*.p")):
             with contextlib.suppress(FileNotFoundError):  # another process's already
                 os.remove(p)
-    utils.prepare_dirs(config.ckpt_dir, *[plot_dir] * bool(config.plot_freq or config.show_sample),
+    glimpses = config.plot_freq and config.model == "ram"  # a baseline takes none
+    utils.prepare_dirs(config.ckpt_dir, *[plot_dir] * bool(glimpses or config.show_sample),
                        *[config.logs_dir] * config.use_tensorboard)
     if config.show_sample and rank == 0:
         import plot_glimpses  # matplotlib, only when drawing
@@ -162,6 +166,8 @@ def predict(config, device, world):
                 glimpses = loader.pictures(x[:9]).cpu().numpy(), out.locs[:9].cpu().numpy()
             for prob, k in zip(*p.max(1)):
                 print(f"{next(names)}\t{data['classes'][k]}\t{prob:.4f}")
+    if not glimpses[1].shape[1]:  # a baseline: no glimpses to draw
+        return
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     gif, png = (os.path.join(plot_dir, f"predict.{e}") for e in ("gif", "png"))
     utils.prepare_dirs(plot_dir)

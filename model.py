@@ -39,7 +39,11 @@ class ModelConfig:
     num_glimpses: int = 6  # T
     core: str = "rnn"  # rnn: the paper's rectifier core; lstm
     std: float = 0.17  # the location policy's standard deviation
+    random_glimpses: bool = False  # l_1.. uniform at random, not the policy's (the paper's row)
     autograd: bool = False  # the glimpse loop under autograd, not its written-out derivative
+    model: str = "ram"  # or a baseline of baselines.py (fc, convnet)
+    height: int = 28  # the images' size: the baselines' first layer depends on it
+    width: int = 28
 
     @classmethod
     def of(cls, settings, **given):
@@ -52,7 +56,7 @@ class ModelConfig:
         gives (channels, classes), how it is trained and how widely its policy samples (--std
         may differ at test, as in the seed)."""
         d = dataclasses.asdict(self)
-        for k in ("channels", "num_classes", "std", "autograd"):
+        for k in ("channels", "num_classes", "height", "width", "std", "autograd"):
             del d[k]
         return d
 
@@ -99,6 +103,8 @@ class RecurrentAttention(nn.Module):
             h, l_raw, locs, _, _ = glimpse_loop(self, prepared, l_0, eps)
         # mu_t, log pi and b_t do not feed the recurrence: one batched call each
         log_pi = self.locator.log_prob(self.locator(h), l_raw)
+        if self.config.random_glimpses:  # no policy acted: nothing for REINFORCE to train
+            log_pi = torch.zeros_like(log_pi)
         return Rollout(self.classifier(h[:, -1]), log_pi, self.baseliner(h), locs)
 
     def trunk_parameters(self):
@@ -110,7 +116,7 @@ def glimpse_loop(model, prepared, l_0, eps):
     """The sequential part of a rollout: for t = 1..T, g_t from the glimpse at l_{t-1}, h_t,
     and the policy's raw sample l_t. Returns h_t (B, T, hidden), the raw l_t (B, T, 2) and
     the locations looked at, l_0..l_{T-1} (B, T, 2), then phi and g_t as lists of T."""
-    retina = model.sensor.retina
+    retina, random = model.sensor.retina, model.config.random_glimpses
     glimpse_net, core, policy = (m.per_step() for m in (model.sensor, model.rnn, model.locator))
     h_t, l_t = None, l_0  # None: h_0 = 0 (CoreNetwork)
     hs, ls, locs, phis, gs = [], [], [], [], []
@@ -121,7 +127,8 @@ def glimpse_loop(model, prepared, l_0, eps):
         l_raw = policy(h_t, eps_t)
         for seq, v in ((hs, h_t), (ls, l_raw), (locs, l_t), (phis, phi), (gs, g_t)):
             seq.append(v)
-        l_t = l_raw.clamp(-1, 1)
+        # random glimpses: the same noise made uniform on (-1, 1), erf(eps / sqrt 2)
+        l_t = torch.erf(eps_t * 0.5**0.5) if random else l_raw.clamp(-1, 1)
     return torch.stack(hs, 1), torch.stack(ls, 1), torch.stack(locs, 1), phis, gs
 
 
@@ -228,6 +235,7 @@ def loss_terms(out, y):
     R = (out.log_probas.argmax(1) == y).float()
     R_t = R.unsqueeze(1).expand_as(out.b)
     action = F.nll_loss(out.log_probas, y)
-    baseline = F.mse_loss(out.b, R_t)
+    # a baseline network (no glimpses, no b_t) leaves the classifier's loss alone
+    baseline = F.mse_loss(out.b, R_t) if out.b.numel() else out.b.sum()
     reinforce = (-out.log_pi * (R_t - out.b.detach())).sum(1).mean()
     return Losses(action, baseline, reinforce, R)

@@ -152,7 +152,7 @@ class Trainer:
                 loss_sum += recent[-1] * len(y)
                 correct += losses.R.sum()
                 seen += len(y)
-                if plot and i == 0:
+                if plot and i == 0 and out.locs.shape[1]:  # a baseline has no glimpses
                     self.glimpses = (loader.pictures(x[:9]).cpu().numpy(),
                                      out.locs[:9].detach().cpu().numpy())
                 if (i + 1) % c.print_freq == 0 or seen == loader.local_samples:

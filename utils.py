@@ -37,15 +37,22 @@ def model_name(config):
     """ram_{T}_{g}x{g}_{s} as the seed names it, then whatever else sets the network or the
     data apart, so that two such runs never share checkpoints or glimpse pickles:
     ram_6_8x8_2 (the seed's), ram_8_12x12_2_k3_translated60, ram_8_12x12_2_k4_cluttered100,
-    ram_6_8x8_2_flowers (--dataset=folder --data_dir=.../flowers)."""
-    name = "ram_{}_{}x{}_{}".format(config.num_glimpses, config.patch_size, config.patch_size,
-                                    config.glimpse_scale)
-    if config.num_patches != 1:
-        name += f"_k{config.num_patches}"
-    if (config.glimpse_hidden, config.loc_hidden) != (128, 128):
-        name += f"_h{config.glimpse_hidden}-{config.loc_hidden}"
-    if getattr(config, "core", "rnn") != "rnn":
-        name += f"_{config.core}"
+    ram_6_8x8_2_flowers (--dataset=folder --data_dir=.../flowers); a baseline is fc256 or
+    convnet, and the data's part as for RAM (convnet_cluttered60)."""
+    model = getattr(config, "model", "ram")
+    if model == "ram":
+        name = "ram_{}_{}x{}_{}".format(config.num_glimpses, config.patch_size,
+                                        config.patch_size, config.glimpse_scale)
+        if config.num_patches != 1:
+            name += f"_k{config.num_patches}"
+        if (config.glimpse_hidden, config.loc_hidden) != (128, 128):
+            name += f"_h{config.glimpse_hidden}-{config.loc_hidden}"
+        if getattr(config, "core", "rnn") != "rnn":
+            name += f"_{config.core}"
+        if getattr(config, "random_glimpses", False):
+            name += "_random"
+    else:
+        name = f"fc{config.hidden_size}" if model == "fc" else model
     dataset = getattr(config, "dataset", "mnist")
     if dataset == "folder":  # the folder's own name: two datasets never share a checkpoint
         folder = os.path.basename(os.path.normpath(os.path.abspath(config.data_dir)))

@@ -250,3 +250,28 @@ def test_an_edited_forward_stops_before_training_or_trains_with_autograd(workdir
     assert not (workdir / "ckpt").exists() and not (workdir / "plots").exists()
     proc = main("--autograd=True")
     assert proc.returncode == 0 and "Epoch: 1/1" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("model,name,params", [("fc", "fc256_translated40", 478_218),
+                                               ("convnet", "convnet_translated40", 103_986)])
+def test_a_baseline_trains_and_tests_by_the_same_command(workdir, model, name, params):
+    flags = [f"--model={model}", "--dataset=translated", "--canvas_size=40", *TINY]
+    out = run_main(workdir, "--epochs=1", *flags).stdout
+    assert f"[*] Number of model parameters: {params:,}" in out and "val acc" in out
+    ckpt = torch.load(workdir / "ckpt" / f"{name}_model_best.pth.tar", weights_only=True)
+    assert ckpt["model_args"]["model"] == model and ckpt["params"]["M"] == 1
+    assert not (workdir / "plots").exists()  # no glimpses to keep
+    assert re.search(r"Test Acc: \d+/40 ", run_main(workdir, "--is_train=False", *flags).stdout)
+    out = run_main(workdir, "--resume=True", "--epochs=2", *flags).stdout
+    assert "Epoch: 2/2" in out
+
+
+def test_random_glimpses_train_and_keep_their_name(workdir):
+    run_main(workdir, "--epochs=1", "--random_glimpses=True", "--num_glimpses=3", *TINY)
+    with open(workdir / "plots" / "ram_3_8x8_2_random" / "l_1.p", "rb") as f:
+        locs = pickle.load(f)
+    assert len(locs) == 3 and all(abs(l).max() < 1 for l in locs)
+    proc = run_main(workdir, "--epochs=1", "--random_glimpses=True", "--model=fc", *TINY,
+                    check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "main.py: error: --random_glimpses is RAM's: --model=fc has no glimpses")

@@ -22,7 +22,8 @@ def test_seed_parameter_count_and_names():
     assert model.config == ModelConfig(patch_size=8, num_patches=1, glimpse_scale=2,
                                        channels=1, glimpse_hidden=128, loc_hidden=128,
                                        hidden_size=256, num_classes=10, num_glimpses=6,
-                                       core="rnn", std=0.17, autograd=False)
+                                       core="rnn", std=0.17, random_glimpses=False,
+                                       autograd=False, model="ram", height=28, width=28)
     retina = model.sensor.retina
     assert (retina.g, retina.k, retina.s, model.std, model.locator.std) == (8, 1, 2, 0.17, 0.17)
     assert model.hidden_size == 256 and not model.autograd
@@ -37,7 +38,8 @@ def test_model_config_from_flags_and_checkpoints():
     assert c == ModelConfig(patch_size=12, num_patches=3, std=0.1, channels=3, num_classes=4)
     assert c.network() == {"patch_size": 12, "num_patches": 3, "glimpse_scale": 2,
                            "glimpse_hidden": 128, "loc_hidden": 128, "hidden_size": 256,
-                           "num_glimpses": 6, "core": "rnn"}
+                           "num_glimpses": 6, "core": "rnn", "random_glimpses": False,
+                           "model": "ram"}
 
 
 def plain_rollout(model, x, l_0, T, eps):

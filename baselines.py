@@ -1,0 +1,74 @@
+"""The paper's baselines (--model=fc, convnet), trained and tested by RAM's own loop on the same
+batches: each looks at the whole image at once and returns a Rollout with no glimpses, so that
+the hybrid loss reduces to the classifier's NLL.
+
+The convnet follows the paper's description (section 4.1): one layer of 8 filters of 10x10 at
+stride 5, a fully connected layer of 256 rectifier units, then the softmax (tfRAM's
+params/conv.py has the same numbers).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from model import Rollout
+
+
+def no_glimpses(log_probas):
+    """A Rollout of T = 0 glimpses: the classifier's log-probabilities alone."""
+    B = len(log_probas)
+    empty = log_probas.new_zeros(B, 0)
+    return Rollout(log_probas, empty, empty, log_probas.new_zeros(B, 0, 2))
+
+
+class FullyConnected(nn.Module):
+    """The paper's "FC, 2 layers": x -> relu(fc1) -> relu(fc2) -> log softmax(fc3), with
+    --hidden_size units in each layer (256, or the paper's 64)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        c, H = config, config.hidden_size
+        self.fc1 = nn.Linear(c.channels * c.height * c.width, H)
+        self.fc2 = nn.Linear(H, H)
+        self.fc3 = nn.Linear(H, c.num_classes)
+
+    def forward(self, x, l_0=None, num_glimpses=None):
+        h = F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+        return no_glimpses(F.log_softmax(self.fc3(h), dim=-1))
+
+
+class ConvNet(nn.Module):
+    """The paper's "Convolutional, 2 layers": relu(conv 8 x 10x10, stride 5) -> relu(fc of 256)
+    -> log softmax(fc)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        c = config
+        self.conv = nn.Conv2d(c.channels, 8, kernel_size=10, stride=5)
+        rows, cols = ((n - 10) // 5 + 1 for n in (c.height, c.width))
+        self.fc = nn.Linear(8 * rows * cols, 256)
+        self.out = nn.Linear(256, c.num_classes)
+
+    def forward(self, x, l_0=None, num_glimpses=None):
+        h = F.relu(self.fc(F.relu(self.conv(x)).flatten(1)))
+        return no_glimpses(F.log_softmax(self.out(h), dim=-1))
+
+
+BASELINES = {"fc": FullyConnected, "convnet": ConvNet}
+
+
+def multiply_adds(model, x, l_0):
+    """Multiply-adds of model on images x (B, C, H, W) from l_0, per image and rollout: half
+    the FLOPs torch counts in its matrix products and convolutions (the sensor's gathers and
+    pooling are not counted)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten.addmm_: inplace_addmm_flops}) as counter:
+        model(x, l_0)
+    return counter.get_total_flops() // 2 // len(x)
+
+
+def inplace_addmm_flops(self_shape, a_shape, b_shape, *args, **kwargs):
+    """FLOPs of addmm_ (torch counts only addmm): 2 m k n, as for a matrix product."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
