@@ -287,9 +287,8 @@ def split_indices(num_train, valid_size, random_seed, shuffle):
 
 
 # ------------------------------------------------------------------------------- the interface
-def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None,
-            normalisation=None):
-    normalisation = normalisation or NORMALISATION[config.dataset]
+def _loader(config, images, labels, indices, batch_size, train, canvas_seed=None):
+    normalisation = NORMALISATION[config.dataset]
     if config.dataset == "mnist":
         return Batches(images, labels, indices, batch_size, shuffle=train,
                        seed=config.random_seed, normalisation=normalisation)
@@ -311,10 +310,10 @@ def get_train_valid_loader(config, device, eval_batch_size=None):
     return train, valid
 
 
-def get_test_loader(config, device, batch_size, normalisation=None):
-    """The test batches: MNIST's 10,000 test digits, or one fixed canvas for each; normalised
-    as the model's training data was (normalisation), else as config.dataset is."""
+def get_test_loader(config, device, batch_size):
+    """The test batches: MNIST's 10,000 test digits, or one fixed canvas for each (main.test
+    then normalises them as the model's training data was)."""
     images, labels = load_mnist(config.data_dir, train=False)
     images, labels = images.to(device), labels.to(device)
     return _loader(config, images, labels, range(len(images)), batch_size, False,
-                   CANVAS_SEEDS["test"], normalisation)
+                   CANVAS_SEEDS["test"])

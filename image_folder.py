@@ -238,24 +238,24 @@ def get_train_valid_loader(config, device, eval_batch_size=None):
     if own_valid:
         train_idx, valid_idx = range(num_train), range(num_train, len(files))
     else:
-        train_idx, valid_idx = split_indices(num_train, config.valid_size,
-                                                         config.random_seed, config.shuffle)
+        train_idx, valid_idx = split_indices(num_train, config.valid_size, config.random_seed,
+                                             config.shuffle)
     normalisation = statistics(images, train_idx, device, config.random_seed)
     return tuple(batches(images, labels, idx, bs, config, device, train, normalisation, classes)
                  for idx, bs, train in ((train_idx, config.batch_size, True),
                                         (valid_idx, eval_batch_size, False)))
 
 
-def get_test_loader(config, device, batch_size, normalisation=(0.0, 1.0)):
-    """Batches of config.data_dir's test folder, its classes in train's order; normalised
-    as the model's training data was (normalisation: the checkpoint's statistics)."""
+def get_test_loader(config, device, batch_size):
+    """Batches of config.data_dir's test folder, its classes in train's order (main.test then
+    normalises them by the checkpoint's statistics)."""
     train = os.path.join(config.data_dir, "train")
     classes = class_folders(train) if os.path.isdir(train) else None
     files, labels, classes = scan(config.data_dir, "test", classes)
     channels, size = inspect(files, parse_size(config.image_size))
     images, labels = load(files, labels, channels, size, config, device)
     return batches(images, labels, range(len(files)), batch_size, config, device, False,
-                   normalisation, classes)
+                   (0.0, 1.0), classes)
 
 
 def predict(path, data, batch_size, config, device):
