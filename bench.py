@@ -6,6 +6,7 @@ multiply-adds per image (RAM's or a baseline's, --model).
     python bench.py --seed_style=True                 # the seed's way, for comparison
     python bench.py --epoch=True                      # also time one whole epoch
     python bench.py --epoch=True --dataset=translated --patch_size=12 --num_patches=3
+    python bench.py --num_runs=2                      # 2 runs side by side: images/s in all
 
 Prints images/s for training steps (forward, loss, backward, Adam) and for evaluation (M
 Monte-Carlo rows per image, no autograd), the median of --repeats timed runs after a warm-up,
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import config
+import runs
 from data_loader import Batches, Canvases
 from baselines import multiply_adds
 from main import build, eval_batch_size
@@ -124,6 +126,19 @@ def loaders(cfg, eval_bs, device):
 
 def main():
     cfg = get_args()
+    if cfg.num_runs == 1:
+        torch.set_num_threads(runs.threads(cfg))  # as main.py trains
+        measure(cfg)
+        return
+    n = runs.threads(cfg)
+    rates = runs.in_processes(measure, [runs.run_config(cfg, r) for r in range(cfg.num_runs)], n)
+    train, evals = (sum(r) for r in zip(*rates))
+    print(f"{cfg.num_runs} runs side by side, a process each, {n} thread{'s' * (n > 1)} each: "
+          f"train {train:,.0f} img/s   eval {evals:,.0f} rows/s in all")
+
+
+def measure(cfg):
+    """Prints (and returns) this process's training images/s and evaluation rows/s."""
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = build(cfg, (1, cfg.size, cfg.size), [str(i) for i in range(10)], device)
@@ -205,6 +220,7 @@ def main():
         t_all = time.perf_counter() - t
         print(f"one whole epoch: {t_all:.1f} s (train {t_train:.1f} s, "
               f"validation {t_all - t_train:.1f} s)")
+    return train_ips, eval_ips
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ seed's published run (ram_6_8x8_2). A typo or a bad value is one error line, not
 import argparse
 import difflib
 import math
+import os
 
 from utils import UserError, default_clutter, error_exit, parse_size
 
@@ -198,6 +199,14 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                           help="How frequently (in epochs) to save glimpses (0: never)")
     misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
                           help="Directory in which glimpse pickles and plots are stored")
+    misc_arg.add_argument("--num_runs", type=int, default=1,
+                          help="train (or test) N independent runs, seeds --random_seed to "
+                               "--random_seed+N-1, side by side in processes of their own, each "
+                               "in <ckpt_dir>/seed<S> (plots and logs likewise); then each run's "
+                               "best validation (or test) figure, and their mean and sd")
+    misc_arg.add_argument("--num_threads", type=int, default=None,
+                          help="CPU threads per run (default: the cores idle at start, by the "
+                               "load average, shared among the runs; at least 1)")
     misc_arg.add_argument("--compile", type=str2bool, default=False,
                           help="torch.compile the rollout and its loss (costs start-up time)")
     return parser
@@ -209,7 +218,7 @@ parser = make_parser()
 def check(config):
     """Raises UserError on values the model or trainer cannot run with."""
     positive = ("patch_size", "num_glimpses", "batch_size", "M", "num_patches", "epochs",
-                "loc_hidden", "glimpse_hidden", "hidden_size", "print_freq")
+                "loc_hidden", "glimpse_hidden", "hidden_size", "print_freq", "num_runs")
     for name in positive:
         if getattr(config, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(config, name)}")
@@ -244,6 +253,14 @@ def check(config):
     if config.resume and config.overwrite:
         raise UserError("--resume=True continues a run and --overwrite=True starts it over: "
                         "pass one of them")
+    if config.num_threads is not None and config.num_threads <= 0:
+        raise UserError(f"--num_threads must be a positive integer, got {config.num_threads}")
+    if config.num_runs > 1 and "RANK" in os.environ:
+        raise UserError("--num_runs trains its runs in processes of its own: run it with "
+                        "python main.py, not torchrun")
+    if config.predict is not None and config.num_runs > 1:
+        raise UserError("--predict classifies with one model: pass the run's own folder "
+                        "instead of --num_runs (--ckpt_dir=<ckpt_dir>/seed<S> --random_seed=S)")
     if config.predict is not None and config.is_train:
         raise UserError("--predict classifies with a trained model: pass --is_train=False too")
     check_data(config)

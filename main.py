@@ -27,6 +27,7 @@ import torch
 import checkpoint
 import data_loader
 import image_folder
+import runs
 import utils
 from baselines import BASELINES
 from config import check, get_config
@@ -37,20 +38,31 @@ from utils import UserError
 
 def main(config):
     device, rank, world = start(config)
-    torch.manual_seed(config.random_seed)  # seeds CUDA too
-    random.seed(config.random_seed)
+    if device.type == "cpu" and not (config.num_runs > 1 and config.is_train):
+        torch.set_num_threads(runs.threads(config))
+        print(f"[*] {torch.get_num_threads()} CPU thread(s) (--num_threads)")
     if config.compile and device.type == "cpu" and not any(
             shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c):
         # inductor would fail at the first batch, deep in a traceback
         raise UserError("--compile=True on CPU needs a C++ compiler (g++, clang++ or $CXX) "
                         "on the PATH: install one, or leave --compile off")
-    if config.predict is not None:
-        predict(config, device, world)
+    if config.num_runs > 1 and config.is_train:
+        train_runs(config)
+    elif config.num_runs > 1:
+        runs.test(config, lambda c: test(seeded(c), device, rank, world))
+    elif config.predict is not None:
+        predict(seeded(config), device, world)
     elif not config.is_train:
-        test(config, device, rank, world)
+        test(seeded(config), device, rank, world)
     else:
-        train(config, device, rank, world)
+        train(seeded(config), device, rank, world)
     finish()
+
+
+def seeded(config):
+    torch.manual_seed(config.random_seed)  # seeds CUDA too
+    random.seed(config.random_seed)
+    return config
 
 
 def dataset(config):
@@ -93,7 +105,8 @@ def train(config, device, rank, world):
         path = os.path.join(plot_dir, "sample.png")
         plot_glimpses.plot_images(train_loader.pictures(x[:9]), y[:9], path)
         print("[*] Saved a sample of the data to {}".format(path))
-    trainer = Trainer(config, model, train_loader, valid_loader, device, net, master=rank == 0)
+    trainer = Trainer(config, model, train_loader, valid_loader, device, net, master=rank == 0,
+                      bar=speaks)
     if config.resume:
         checkpoint.resume(trainer, config, device, rank, world)
     elif config.init_from:  # fine-tuning, or a warm restart: the weights alone
@@ -112,6 +125,27 @@ def train(config, device, rank, world):
         sys.exit(128 + stopped_by)
 
 
+def train_runs(config):
+    """--num_runs: each run in a process of its own (run_one), then their summary."""
+    try:
+        runs.train(config, run_one)
+    except KeyboardInterrupt:
+        saved = ", ".join(f"seed {c.random_seed}: {checkpoint.saved_epoch(c) or 'none'}" for c
+                          in (runs.run_config(config, r) for r in range(config.num_runs)))
+        say(f"\n[!] Interrupted: the epochs saved are {saved}; resume them all with "
+            f"{resume_command()}")
+        sys.exit(128 + stopped_by)
+
+
+def run_one(config):
+    """One of --num_runs' runs, in its own process: main() on it, as on a single run; its
+    Ctrl-C and errors are said once, for all the runs, by the process that started them."""
+    global speaks
+    speaks = False
+    signal.signal(signal.SIGTERM, on_sigterm)
+    main(config)
+
+
 def data_parallel(model, train_loader, valid_loader, device, rank, world):
     """What training runs, given rank and world: each process serves its share of the data
     (as DistributedSampler) and, with more than one, trains through DDP's wrapper of model."""
@@ -124,7 +158,8 @@ def data_parallel(model, train_loader, valid_loader, device, rank, world):
 
 
 def trained_model(config, device, image_shape, classes):
-    """The checkpoint the flags name, loaded into the model they describe: (model, data)."""
+    """The checkpoint the flags name, loaded into the model they describe: (model, data,
+    the checkpoint's best validation accuracy)."""
     ckpt, file = checkpoint.load(config, device, best=config.best)
     data = checkpoint.trained_data(ckpt, checkpoint.params(ckpt, config))
     for what, trained, given in (("classes", data["classes"], classes),
@@ -135,17 +170,18 @@ def trained_model(config, device, image_shape, classes):
     model = build(config, data["image_shape"], data["classes"], device)
     checkpoint.load_weights(model, ckpt["model_state"], file)
     checkpoint.loaded(file, ckpt, config.ckpt_dir)
-    return model.eval(), data
+    return model.eval(), data, ckpt["best_valid_acc"]
 
 
 def test(config, device, rank, world):
     loader = dataset(config).get_test_loader(config, device, eval_batch_size(config))
     loader.shard(rank, world, pad=False)
-    model, data = trained_model(config, device, loader.image_shape, loader.classes)
+    model, data, valid_acc = trained_model(config, device, loader.image_shape, loader.classes)
     loader.normalisation = tuple(data["normalisation"])  # its training data's statistics
     run = compiled(rollout, device) if config.compile else rollout
     _, acc, correct = evaluate(run, model, loader, config.M, config.init_loc, device)
     print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, loader.num_samples, acc))
+    return correct, loader.num_samples, valid_acc
 
 
 def predict(config, device, world):
@@ -154,7 +190,7 @@ def predict(config, device, world):
     import plot_glimpses  # matplotlib, only when drawing
     if world > 1:  # each process would print its shard alone
         raise UserError("--predict runs in one process: use python main.py, not torchrun")
-    model, data = trained_model(config, device, None, None)
+    model, data, _ = trained_model(config, device, None, None)
     loader, files = image_folder.predict(config.predict, data, eval_batch_size(config), config,
                                          device)
     names, glimpses = iter(files), None

@@ -62,11 +62,13 @@ def evaluate(run, net, loader, M, init_loc, device):
 
 class Trainer:
     """Adam on the hybrid loss, the seed's LR schedule and early stopping, one checkpoint an
-    epoch. net: what the gradient flows through (DDP's wrapper of model under torchrun)."""
+    epoch. net: what the gradient flows through (DDP's wrapper of model under torchrun);
+    master: whether this process writes; bar: whether it shows a progress bar (master's)."""
 
     def __init__(self, config, model, train_loader, valid_loader, device, net=None,
-                 master=True):
+                 master=True, bar=None):
         self.config, self.model, self.device, self.master = config, model, device, master
+        self.bar = master if bar is None else bar
         self.train_loader, self.valid_loader = train_loader, valid_loader
         self.net = net or model
         self.optimizer = utils.adam(model.parameters(), config.init_lr, device)
@@ -135,7 +137,7 @@ class Trainer:
         loss_sum = correct = seen = 0
         recent = []  # the losses since the last look at them, left on the device till then
         tic = time.time()
-        with tqdm(total=loader.local_samples, leave=False, disable=not self.master) as pbar:
+        with tqdm(total=loader.local_samples, leave=False, disable=not self.bar) as pbar:
             for i, (x, y) in enumerate(loader):
                 l_0 = initial_location(len(x), c.init_loc, self.device)
                 out, losses = self.run(self.net, x, y, l_0)

@@ -35,6 +35,11 @@ from utils import UserError
     (["--momentum=0.9"], ["--momentum", "removed"]),
     (["--init_loc=corner"], ["--init_loc"]),
     (["--model=resnet"], ["--model", "invalid choice"]),
+    (["--num_runs=0"], ["--num_runs", "positive"]),
+    (["--num_runs=-3"], ["--num_runs", "positive"]),
+    (["--num_threads=0"], ["--num_threads", "positive"]),
+    (["--num_runs=2", "--is_train=False", "--predict=x.png"], ["--predict", "one model",
+                                                                "--ckpt_dir=<ckpt_dir>/seed<S>"]),
 ])
 def test_a_bad_flag_is_refused_with_its_reason(capsys, flags, words):
     """argparse's refusals are one line and exit 2; the checks' are a UserError (main.py
@@ -60,3 +65,11 @@ def test_a_baseline_runs_once_per_image():
     c = config.get_config(["--M=7"])
     config.check(c)
     assert c.M == 7
+
+
+def test_num_runs_is_refused_under_torchrun(monkeypatch):
+    """Its runs are processes of their own; torchrun's ranks would each start all of them."""
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="--num_runs .* not torchrun"):
+        config.check(config.get_config(["--num_runs=2"]))
+    config.check(config.get_config(["--num_runs=1"]))

@@ -189,7 +189,7 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer
     torch.manual_seed(6)
     assert got == plain.evaluate(plain.valid_loader)
     # testing the latest checkpoint (--best=False) tests the average too, not train_state
-    tested, _ = main.trained_model(config.get_config(["--is_train=False", "--best=False",
+    tested, _, _ = main.trained_model(config.get_config(["--is_train=False", "--best=False",
                                                       "--ema_decay=0.8", "--M=2"]),
                                    torch.device("cpu"), None, None)
     for n, p in tested.named_parameters():
