@@ -44,7 +44,7 @@ def save_config(config):
     """Writes <ckpt_dir>/<model_name>_params.json, as the seed does."""
     print("[*] Model Checkpoint Dir: {}".format(config.ckpt_dir))
     print("[*] Param Path: {}".format(json_path(config)))
-    utils.save_json(vars(config), json_path(config))
+    utils.save_json(utils.settings(config), json_path(config))
 
 
 def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
@@ -55,15 +55,17 @@ def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
         if is_best:
             utils.save_torch(state, path(config, best=True))
         if glimpses is not None:
-            save_glimpses(plot_dir, state["epoch"], *glimpses, vars(config))
+            save_glimpses(plot_dir, state["epoch"], *glimpses, utils.settings(config))
 
 
-def save_glimpses(plot_dir, epoch, imgs, locs, params):
+def save_glimpses(plot_dir, epoch, imgs, locs, classes, predicted, params):
     """g_<epoch>.p: [the 9 images]; l_<epoch>.p: T arrays (9, 2), where glimpses 1..T were
-    taken (l_0 first), in [-1, 1]; and params.json, the run's settings, for plot_glimpses.py."""
+    taken (l_0 first), in [-1, 1], as the seed's; y_<epoch>.p: (their classes, the model's
+    predictions); and params.json, the run's settings, for plot_glimpses.py."""
     imgs = [imgs.squeeze(1) if imgs.shape[1] == 1 else imgs]
     locs = list(locs.transpose(1, 0, 2))
-    for name, obj in ((f"g_{epoch}.p", imgs), (f"l_{epoch}.p", locs)):
+    for name, obj in ((f"g_{epoch}.p", imgs), (f"l_{epoch}.p", locs),
+                      (f"y_{epoch}.p", (classes, predicted))):
         utils.atomic_write(os.path.join(plot_dir, name), lambda f: pickle.dump(obj, f))
     utils.save_json(params, os.path.join(plot_dir, "params.json"))
 
@@ -158,22 +160,60 @@ def check(ckpt, file, config):
                         "pass those flags to use it")
 
 
-def missing(file, config):
-    """The error for a checkpoint that is not there, naming the runs that are, with the flags
-    that would select them."""
-    folder = os.path.dirname(file)
-    others = []
+def saved_runs(folder):
+    """[(name, {flag: value} of its network and data)] for each run whose params json is in
+    folder, by name."""
+    found = []
     for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not f.endswith("_params.json"):
+            continue
         try:
             with open(os.path.join(folder, f)) as fh:
-                settings = json.load(fh) if f.endswith("_params.json") else None
+                settings = json.load(fh)
         except (OSError, ValueError):
-            settings = None
+            continue
         if isinstance(settings, dict):
-            flags = [f"--{k}={v}" for k, v in trained_settings({}, settings).items()
-                     if v is not None and v != getattr(config, k)]
-            others.append(f"{f[:-len('_params.json')]} ({' '.join(flags) or 'no flag differs'})")
-    held = f"; {folder} holds {', '.join(others[:4])}" if others else ""
+            found.append((f[:-len("_params.json")], trained_settings({}, settings)))
+    return found
+
+
+def flags(settings, config):
+    """The flags that would select a run with these settings, where they differ from config."""
+    return [f"--{k}={v}" for k, v in settings.items()
+            if v is not None and v != getattr(config, k)]
+
+
+def choose(config, best):
+    """Testing or --predict: the run to use. The flags' own checkpoint, if it is there, as in
+    the seed; else the one run in --ckpt_dir that agrees with every network and data flag
+    given, whose settings are then taken for the rest (so that the flags needed are only those
+    that tell its runs apart). Sets config's flags to that run's."""
+    if os.path.isfile(path(config, best)):
+        return
+    given = getattr(config, "_given", set())
+    fits = [(name, s) for name, s in saved_runs(config.ckpt_dir)
+            if all(s[k] == getattr(config, k) for k in given & set(s))]
+    if len(fits) > 1:
+        raise UserError(f"{config.ckpt_dir} holds {len(fits)} runs that fit these flags: "
+                        f"{listing(fits, config)}; pass the flags of the one to use")
+    if fits:
+        name, settings = fits[0]
+        for k, v in settings.items():
+            setattr(config, k, v)
+        print(f"[*] Using {name}, the run in {config.ckpt_dir} that fits the flags given")
+
+
+def listing(runs, config):
+    return ", ".join(f"{name} ({' '.join(flags(s, config)) or 'no flag differs'})"
+                     for name, s in runs)
+
+
+def missing(file, config):
+    """The error for a checkpoint that is not there, naming every run that is, with the flags
+    that would select it."""
+    folder = os.path.dirname(file)
+    runs = saved_runs(folder)
+    held = f"; {folder} holds {listing(runs, config)}" if runs else ""
     return (f"no checkpoint {file}{held}: train first (python main.py), or pass the flags of "
             "the model to use, and --ckpt_dir if it is elsewhere")
 

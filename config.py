@@ -186,8 +186,9 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                           help="Directory in which data is stored")
     misc_arg.add_argument("--ckpt_dir", type=str, default="./ckpt",
                           help="Directory in which to save model checkpoints")
-    misc_arg.add_argument("--logs_dir", type=str, default="./logs/",
-                          help="Directory in which Tensorboard logs wil be stored")
+    misc_arg.add_argument("--logs_dir", type=str, default=None,
+                          help="Directory in which Tensorboard logs wil be stored (default: "
+                               "./logs/, or <ckpt_dir>/logs for another --ckpt_dir)")
     misc_arg.add_argument("--use_tensorboard", type=str2bool, default=False,
                           help="Whether to use tensorboard for visualization")
     misc_arg.add_argument("--resume", type=str2bool, default=False,
@@ -197,8 +198,10 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                                "look for a non-finite loss)")
     misc_arg.add_argument("--plot_freq", type=int, default=1,
                           help="How frequently (in epochs) to save glimpses (0: never)")
-    misc_arg.add_argument("--plot_dir", type=str, default="./plots/",
-                          help="Directory in which glimpse pickles and plots are stored")
+    misc_arg.add_argument("--plot_dir", type=str, default=None,
+                          help="Directory in which glimpse pickles and plots are stored (default: "
+                               "./plots/, or <ckpt_dir>/plots for another --ckpt_dir: a run's "
+                               "pictures are its own)")
     misc_arg.add_argument("--num_runs", type=int, default=1,
                           help="train (or test) N independent runs, seeds --random_seed to "
                                "--random_seed+N-1, side by side in processes of their own, each "
@@ -264,6 +267,13 @@ def check(config):
     if config.predict is not None and config.is_train:
         raise UserError("--predict classifies with a trained model: pass --is_train=False too")
     check_data(config)
+    # the seed's folders for the seed's --ckpt_dir; another run's beside its checkpoints, so
+    # that runs with the same settings in two folders never share their glimpses or logs
+    beside = os.path.normpath(config.ckpt_dir) != "ckpt"
+    for flag, folder in (("plot_dir", "plots"), ("logs_dir", "logs")):
+        if getattr(config, flag) is None:
+            setattr(config, flag, os.path.join(config.ckpt_dir, folder) if beside else
+                    f"./{folder}/")
 
 
 def check_data(config):
@@ -304,4 +314,13 @@ def check_data(config):
 def get_config(argv=None):
     config = parser.parse_args(argv)
     del config.momentum
+    config._given = given(argv)
     return config
+
+
+def given(argv=None):
+    """The names of the flags on the command line (not those left at their defaults)."""
+    quiet = make_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv))) - {"momentum"}

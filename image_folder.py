@@ -259,15 +259,25 @@ def get_test_loader(config, device, batch_size):
 
 
 def predict(path, data, batch_size, config, device):
-    """(batches, files) of the image file path, or of every image under the folder path, in
-    the form the model was trained on (data: the checkpoint's image_shape, classes)."""
+    """(batches, files, unreadable) of the image file path, or of every image under the
+    folder path, in the form the model was trained on (data: the checkpoint's image_shape,
+    classes). One unreadable file is the error; in a folder, each one's error line is in
+    unreadable, and the rest are classified."""
     files = [path] if os.path.isfile(path) else list_images(path)
     if not files:
         raise UserError(f"--predict={path}: " + (
             "no such file or folder" if not os.path.exists(path) else
             f"no images there ({', '.join(e[1:] for e in EXTENSIONS)})"))
     C, H, W = data["image_shape"]
-    inspect(files, (H, W))  # every file readable before anything is printed
-    images, labels = load(files, [0] * len(files), C, (H, W), config, device)
-    return batches(images, labels, range(len(files)), batch_size, config, device, False,
-                   data["normalisation"], data["classes"]), files
+    dataset = Decoded(files, C, (H, W))
+    decoded = [dataset[i] for i in range(len(files))]  # every file read before any is printed
+    unreadable = [x for x in decoded if isinstance(x, str)]
+    if len(unreadable) == len(files):
+        raise UserError(unreadable[0] if len(files) == 1 else
+                        f"--predict={path}: none of its {len(files)} images can be read "
+                        f"({unreadable[0]})")
+    kept = [f for f, x in zip(files, decoded) if not isinstance(x, str)]
+    images = torch.stack([x for x in decoded if not isinstance(x, str)]).to(device)
+    labels = torch.zeros(len(kept), dtype=torch.long, device=device)
+    return batches(images, labels, range(len(kept)), batch_size, config, device, False,
+                   data["normalisation"], data["classes"]), kept, unreadable

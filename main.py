@@ -73,6 +73,7 @@ def dataset(config):
 def build(config, image_shape, classes, device):
     """The model the flags describe, for images of image_shape (C, H, W) and these classes."""
     C, H, W = image_shape
+    print(f"[*] Images of {C} channel{'s' * (C > 1)}, {H}x{W} (HxW), {len(classes)} classes")
     args = ModelConfig.of(vars(config), channels=C, num_classes=len(classes), height=H, width=W)
     model = BASELINES.get(args.model, RecurrentAttention)(args).to(device)
     print("[*] Number of model parameters: {:,}".format(
@@ -93,7 +94,7 @@ def train(config, device, rank, world):
     net = data_parallel(model, train_loader, valid_loader, device, rank, world)
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     if config.overwrite:  # the old run's glimpses go with it
-        for p in glob.glob(os.path.join(plot_dir, "[gl]_*.p")):
+        for p in glob.glob(os.path.join(plot_dir, "[gly]_*.p")):
             with contextlib.suppress(FileNotFoundError):  # another process's already
                 os.remove(p)
     glimpses = config.plot_freq and config.model == "ram"  # a baseline takes none
@@ -160,6 +161,7 @@ def data_parallel(model, train_loader, valid_loader, device, rank, world):
 def trained_model(config, device, image_shape, classes):
     """The checkpoint the flags name, loaded into the model they describe: (model, data,
     the checkpoint's best validation accuracy)."""
+    checkpoint.choose(config, config.best)
     ckpt, file = checkpoint.load(config, device, best=config.best)
     data = checkpoint.trained_data(ckpt, checkpoint.params(ckpt, config))
     for what, trained, given in (("classes", data["classes"], classes),
@@ -187,13 +189,14 @@ def test(config, device, rank, world):
 def predict(config, device, world):
     """--predict: for each image, its file, the predicted class and that class's probability
     averaged over M rollouts; then the first 9 images' glimpses as a GIF."""
-    import plot_glimpses  # matplotlib, only when drawing
     if world > 1:  # each process would print its shard alone
         raise UserError("--predict runs in one process: use python main.py, not torchrun")
     model, data, _ = trained_model(config, device, None, None)
-    loader, files = image_folder.predict(config.predict, data, eval_batch_size(config), config,
-                                         device)
-    names, glimpses = iter(files), None
+    loader, files, unreadable = image_folder.predict(config.predict, data,
+                                                     eval_batch_size(config), config, device)
+    for line in unreadable:  # said first, then the rest classified, then the exit code
+        print(f"main.py: error: {line}", file=sys.stderr)
+    names, glimpses, said = iter(files), None, []
     with torch.no_grad():
         for x, _ in loader:
             l_0 = initial_location(config.M * len(x), config.init_loc, device)
@@ -201,15 +204,25 @@ def predict(config, device, world):
             if glimpses is None:
                 glimpses = loader.pictures(x[:9]).cpu().numpy(), out.locs[:9].cpu().numpy()
             for prob, k in zip(*p.max(1)):
-                print(f"{next(names)}\t{data['classes'][k]}\t{prob:.4f}")
-    if not glimpses[1].shape[1]:  # a baseline: no glimpses to draw
-        return
+                name = next(names)
+                print(f"{name}\t{data['classes'][k]}\t{prob:.4f}")
+                said.append((f"{os.path.basename(name)}\n{data['classes'][k]} ({prob:.2f})",
+                             "black"))
+    if glimpses[1].shape[1]:  # a baseline has no glimpses to draw
+        draw_predictions(config, model, glimpses, said[:9])
+    if unreadable:
+        raise UserError(f"{len(unreadable)} of {len(files) + len(unreadable)} images could not "
+                        "be read (each named above); the others are classified")
+
+
+def draw_predictions(config, model, glimpses, titles):
+    import plot_glimpses  # matplotlib, only when drawing
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     gif, png = (os.path.join(plot_dir, f"predict.{e}") for e in ("gif", "png"))
     utils.prepare_dirs(plot_dir)
     sensor = model.config
     plot_glimpses.animate(*glimpses, sensor.patch_size, sensor.num_patches,
-                          sensor.glimpse_scale, gif, png)
+                          sensor.glimpse_scale, gif, png, titles)
     n = len(glimpses[0])
     say(f"[*] Saved the glimpses of {n} image{'s' * (n > 1)} to {gif}")
 

@@ -1,4 +1,5 @@
-"""Animate where RAM looked: one GIF frame per glimpse on the 9 images training pickled.
+"""Animate where RAM looked, and what it concluded: one GIF frame per glimpse on the 9 images
+training pickled, each titled with its class and the model's prediction.
 
     python plot_glimpses.py --plot_dir=plots/ram_6_8x8_2/ --epoch=1
 
@@ -17,16 +18,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.patheffects import withStroke  # noqa: E402
 import numpy as np  # noqa: E402
 
 from config import Parser  # noqa: E402
 from model import ModelConfig  # noqa: E402
 from utils import UserError  # noqa: E402
 
-COLOUR = "tab:red"
+# bright, with a dark outline: seen on black, grey, white and colour images alike
+COLOUR, OUTLINE = "#00e5ff", "black"
+RIGHT, WRONG = "tab:green", "tab:red"
 
 
 def load(plot_dir, epoch):
+    """(images, locations (9, T, 2), titles): titles [(text, colour)] from y_<epoch>.p (the
+    true and the predicted class), or None for pickles from before it was written."""
     paths = [os.path.join(plot_dir, f"{kind}_{epoch}.p") for kind in ("g", "l")]
     for p in paths:
         if not os.path.isfile(p):
@@ -35,15 +41,26 @@ def load(plot_dir, epoch):
                 if os.path.isdir(plot_dir) else []
             raise UserError(f"no glimpse pickle {p}; epochs saved there: "
                             f"{', '.join(map(str, saved)) or 'none'}")
+    labels = os.path.join(plot_dir, f"y_{epoch}.p")
     try:
         with open(paths[0], "rb") as f:
             imgs = pickle.load(f)[0]
         with open(paths[1], "rb") as f:
             locs = np.stack(pickle.load(f), 1)  # (9, T, 2)
+        titles = None
+        if os.path.isfile(labels):
+            with open(labels, "rb") as f:
+                titles = verdicts(*pickle.load(f))
     except Exception as e:
         raise UserError(f"cannot read the pickles in {plot_dir} "
                         f"({type(e).__name__}: {e})") from None
-    return np.asarray(imgs), locs
+    return np.asarray(imgs), locs, titles
+
+
+def verdicts(classes, predicted):
+    """[(title, colour)]: each image's class and what the model said, green if right."""
+    return [(f"{y}: said {p} " + ("✓" if y == p else "✗"), RIGHT if y == p else WRONG)
+            for y, p in zip(classes, predicted)]
 
 
 def sensor_settings(plot_dir, args):
@@ -74,7 +91,10 @@ def boxes(l, H, W, g, k, s):
     return [(cx - n // 2 - 0.5, cy - n // 2 - 0.5, n) for n in (g * s**i for i in range(k))]
 
 
-def animate(imgs, locs, g, k, s, gif_path, png_path):
+def figure(imgs, locs, g, k, s, titles=None):
+    """(fig, frame): frame(t) draws glimpses 1..t+1 on each panel: every step's smallest box,
+    numbered, the earlier ones faded, the current one's k boxes, and the path through their
+    centres; titles: [(text, colour)] per panel."""
     if imgs.ndim == 4 and imgs.shape[1] == 1:  # grey (N, 1, H, W)
         imgs = imgs[:, 0]
     if imgs.ndim == 4:  # colour (N, C, H, W) in [0, 1] -> (N, H, W, C)
@@ -82,15 +102,18 @@ def animate(imgs, locs, g, k, s, gif_path, png_path):
     N, T = len(imgs), locs.shape[1]
     H, W = imgs.shape[1:3]
     zoom = max(1.0, max(H, W) / 56)  # canvases drawn at least as legibly as 56 px images
-    fig, axes = plt.subplots(3, 3, figsize=(6 * zoom, 6.4 * zoom))
+    fig, axes = plt.subplots(3, 3, figsize=(6 * zoom, 6.8 * zoom))
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax, img in zip(axes.flat, imgs):
+    for i, (ax, img) in enumerate(zip(axes.flat, imgs)):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         ax.set_autoscale_on(False)  # boxes past the border must not widen the picture
+        if titles:
+            ax.set_title(titles[i][0], color=titles[i][1], fontsize=9)
     for ax in axes.flat[N:]:
         ax.axis("off")
+    outline = [withStroke(linewidth=3, foreground=OUTLINE)]
     artists = []
 
     def frame(t):
@@ -98,21 +121,32 @@ def animate(imgs, locs, g, k, s, gif_path, png_path):
             a.remove()
         artists.clear()
         for ax, path in zip(axes.flat, locs):
-            centres = [centre(p, H, W) for p in path]
-            if t > 0:  # the path of the earlier glimpses, faint
-                xs, ys = zip(*centres[:t + 1])
-                artists.extend(ax.plot(xs, ys, "o-", color=COLOUR, alpha=0.3, ms=2, lw=1))
-            for i, (x, y, n) in enumerate(boxes(path[t], H, W, g, k, s)):
-                # the smallest patch solid, each larger one lighter
-                rect = Rectangle((x, y), n, n, fill=False, color=COLOUR, lw=1.5,
-                                 alpha=1.0 / (1 + i), clip_on=True)
-                artists.append(ax.add_patch(rect))
+            xs, ys = zip(*(centre(p, H, W) for p in path[:t + 1]))
+            artists.extend(ax.plot(xs, ys, "-", color=COLOUR, lw=1.5, path_effects=outline))
+            for u in range(t + 1):
+                sizes = boxes(path[u], H, W, g, k, s)
+                for i, (x, y, n) in enumerate(sizes if u == t else sizes[:1]):
+                    # the smallest patch solid, each larger one lighter; earlier steps faded
+                    alpha = (1.0 if u == t else 0.45) / (1 + i)
+                    artists.append(ax.add_patch(Rectangle(
+                        (x, y), n, n, fill=False, color=COLOUR, lw=1.5, alpha=alpha,
+                        path_effects=outline, clip_on=True)))
+                x, y, _ = sizes[0]
+                artists.append(ax.text(x, y, str(u + 1), color=COLOUR, fontsize=7, va="bottom",
+                                       alpha=1.0 if u == t else 0.6, path_effects=outline,
+                                       clip_on=True))
         artists.append(fig.suptitle(f"glimpse {t + 1}/{T}"))
         return artists
 
-    anim = FuncAnimation(fig, frame, frames=T, blit=False)
+    return fig, frame
+
+
+def animate(imgs, locs, g, k, s, gif_path, png_path, titles=None):
+    """The GIF (a frame per glimpse) and the PNG of its last frame."""
+    fig, frame = figure(imgs, locs, g, k, s, titles)
+    anim = FuncAnimation(fig, frame, frames=locs.shape[1], blit=False)
     anim.save(gif_path, writer=PillowWriter(fps=1))
-    frame(T - 1)
+    frame(locs.shape[1] - 1)
     fig.savefig(png_path, bbox_inches="tight", dpi=80)
     plt.close(fig)
 
@@ -140,11 +174,11 @@ def main(argv=None):
     parser.add_argument("--num_patches", type=int, help="override params.json")
     parser.add_argument("--glimpse_scale", type=int, help="override params.json")
     args = parser.parse_args(argv)
-    imgs, locs = load(args.plot_dir, args.epoch)
+    imgs, locs, titles = load(args.plot_dir, args.epoch)
     g, k, s = sensor_settings(args.plot_dir, args)
     gif = os.path.join(args.plot_dir, f"epoch_{args.epoch}.gif")
     png = os.path.join(args.plot_dir, f"epoch_{args.epoch}.png")
-    animate(imgs, locs, g, k, s, gif, png)
+    animate(imgs, locs, g, k, s, gif, png, titles)
     print(f"[*] Saved {gif} and {png}")
 
 

@@ -92,7 +92,8 @@ class Trainer:
         self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
         self.plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
         self.writer = None
-        self.glimpses = None  # the first batch's images and locations, pickled with the epoch
+        # the first batch's images, locations, classes and predictions, pickled with the epoch
+        self.glimpses = None
 
     def train(self):
         c = self.config
@@ -156,7 +157,10 @@ class Trainer:
                 seen += len(y)
                 if plot and i == 0 and out.locs.shape[1]:  # a baseline has no glimpses
                     self.glimpses = (loader.pictures(x[:9]).cpu().numpy(),
-                                     out.locs[:9].detach().cpu().numpy())
+                                     out.locs[:9].detach().cpu().numpy(),
+                                     [loader.classes[k] for k in y[:9].tolist()],
+                                     [loader.classes[k] for k in
+                                      out.log_probas[:9].argmax(1).tolist()])
                 if (i + 1) % c.print_freq == 0 or seen == loader.local_samples:
                     # checked here, not every batch: reading a GPU's loss stalls it. A loss
                     # gone bad stops training before the epoch ends, so nothing bad is saved
@@ -205,7 +209,7 @@ class Trainer:
             "counter": self.counter,
             "rng_state": states[0],
             "rng_states": states,
-            "params": vars(self.config),
+            "params": utils.settings(self.config),
             "model_args": dataclasses.asdict(self.model.config),
             "data": checkpoint.data_record(self.config, self.train_loader),
         }

@@ -67,6 +67,12 @@ def model_name(config):
     return name
 
 
+def settings(config):
+    """The flags' values, as checkpoints and params json keep them (not what the parser noted
+    for itself, such as which flags were given)."""
+    return {k: v for k, v in vars(config).items() if not k.startswith("_")}
+
+
 def default_clutter(canvas_size):
     """Clutter pieces per canvas, as in the paper: 4 on 60x60, 8 on 100x100."""
     return 4 if canvas_size < 100 else 8

@@ -54,7 +54,8 @@ def test_a_fresh_run_never_overwrites_another(workdir):
     (workdir / "plots" / NAME / "g_9.p").write_bytes(b"an older run's")
     out = run_main(workdir, "--epochs=1", "--overwrite=True", *TINY).stdout
     assert "Epoch: 1/1" in out and sha1s(workdir / "ckpt") != before
-    assert sorted(os.listdir(workdir / "plots" / NAME)) == ["g_1.p", "l_1.p", "params.json"]
+    assert sorted(os.listdir(workdir / "plots" / NAME)) == ["g_1.p", "l_1.p", "params.json",
+                                                            "y_1.p"]
 
 
 @pytest.mark.parametrize("flags,name", [

@@ -1,5 +1,7 @@
 """The flags' checks, in process: each bad value is refused with its reason, before anything
 runs (test_errors.py runs one of each kind through main.py, as a user would)."""
+import os
+
 import pytest
 
 import config
@@ -73,3 +75,20 @@ def test_num_runs_is_refused_under_torchrun(monkeypatch):
     with pytest.raises(UserError, match="--num_runs .* not torchrun"):
         config.check(config.get_config(["--num_runs=2"]))
     config.check(config.get_config(["--num_runs=1"]))
+
+
+def test_runs_in_two_folders_keep_their_own_pictures_and_logs():
+    """The seed's layout for the seed's --ckpt_dir; any other run's pictures and logs go
+    beside its checkpoints, so a second run with the same settings cannot overwrite them."""
+    seed, a, b = (make(f"--ckpt_dir={d}") for d in ("./ckpt", "runs/a", "runs/b"))
+    assert (seed.plot_dir, seed.logs_dir) == ("./plots/", "./logs/")
+    assert (a.plot_dir, a.logs_dir) == (os.path.join("runs/a", "plots"),
+                                        os.path.join("runs/a", "logs"))
+    assert b.plot_dir != a.plot_dir and b.logs_dir != a.logs_dir
+    assert make("--ckpt_dir=runs/a", "--plot_dir=mine").plot_dir == "mine"  # as given
+
+
+def make(*flags):
+    c = config.get_config(list(flags))
+    config.check(c)
+    return c

@@ -380,7 +380,7 @@ def test_an_interrupted_epoch_leaves_no_pickles(workdir, monkeypatch):
     trainer.evaluate = interrupted_in_epoch_2
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert sorted(os.listdir(trainer.plot_dir)) == ["g_1.p", "l_1.p", "params.json"]
+    assert sorted(os.listdir(trainer.plot_dir)) == ["g_1.p", "l_1.p", "params.json", "y_1.p"]
     assert checkpoint.saved_epoch(cfg) == 1
 
 

@@ -28,6 +28,9 @@ def test_gif_from_training_pickles(workdir):
     assert os.path.isfile(plot_dir / "sample.png")
     proc = plot(f"--plot_dir={plot_dir}", "--epoch=2")
     assert proc.returncode == 0, proc.stderr
+    import plot_glimpses
+    titles = plot_glimpses.load(plot_dir, 2)[2]  # each image's class and the prediction
+    assert len(titles) == 9 and all(": said " in t for t, _ in titles)
     with Image.open(plot_dir / "epoch_2.gif") as gif:
         assert gif.n_frames == 4  # one frame per glimpse
     with Image.open(plot_dir / "epoch_2.png") as png:

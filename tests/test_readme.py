@@ -7,6 +7,7 @@ import shlex
 import pytest
 
 import config
+import utils
 from conftest import ROOT
 
 README = open(os.path.join(ROOT, "README.md")).read()
@@ -70,5 +71,7 @@ def test_bench_takes_main_flags():
     import bench
     args = bench.get_args(["--dataset=cluttered", "--canvas_size=100", "--steps=3"])
     assert (args.num_clutter, args.clutter_size, args.size, args.steps) == (8, 8, 100, 3)
-    defaults = vars(config.get_config([]))
+    defaults = config.get_config([])
+    config.check(defaults)
+    defaults = utils.settings(defaults)
     assert {k: v for k, v in vars(bench.get_args([])).items() if k in defaults} == defaults

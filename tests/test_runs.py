@@ -89,7 +89,7 @@ def test_runs_are_single_runs_and_resume_exactly(workdir):
     run_main(workdir, "--random_seed=2", "--epochs=2", "--ckpt_dir=single", *flags)
     assert_same_run(states(workdir / "ckpt" / "seed2"), states(workdir / "single"))
     assert (workdir / "plots" / "seed2" / NAME / "l_2.p").read_bytes() == \
-        (workdir / "plots" / NAME / "l_2.p").read_bytes()
+        (workdir / "single" / "plots" / NAME / "l_2.p").read_bytes()
 
     best = {s: states(workdir / "ckpt" / f"seed{s}", best=True) for s in (1, 2)}
     for s in (1, 2):

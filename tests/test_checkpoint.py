@@ -1,0 +1,47 @@
+"""Testing and --predict find their run: the flags' own checkpoint as in the seed, else the one
+run in --ckpt_dir that fits the flags given, its settings taken for the rest (ckpt/shipped)."""
+import os
+
+import pytest
+
+import checkpoint
+from conftest import ROOT, make_config
+from utils import UserError
+
+SHIPPED = os.path.join(ROOT, "ckpt", "shipped")
+
+
+def test_the_one_run_that_fits_the_flags_given_lends_its_settings(capsys):
+    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=cluttered",
+                    "--canvas_size=100")
+    checkpoint.choose(c, best=True)
+    assert (c.patch_size, c.num_patches, c.num_glimpses, c.core, c.num_clutter) == \
+        (12, 4, 8, "lstm", 8)
+    assert "[*] Using ram_8_12x12_2_k4_lstm_cluttered100, the run in" in capsys.readouterr().out
+    ckpt, file = checkpoint.load(c, "cpu", best=True)  # its own checks pass
+    assert file.endswith("ram_8_12x12_2_k4_lstm_cluttered100_model_best.pth.tar")
+
+
+def test_the_flags_own_checkpoint_comes_first(capsys):
+    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}")
+    before = vars(c).copy()
+    checkpoint.choose(c, best=True)
+    assert vars(c) == before and capsys.readouterr().out == ""
+
+
+def test_several_runs_that_fit_are_named_with_what_tells_them_apart():
+    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=translated")
+    with pytest.raises(UserError, match="holds 2 runs that fit these flags: "
+                       r"ram_6_12x12_2_k3_lstm_translated60 \(--patch_size=12 --num_patches=3 "
+                       r"--core=lstm\), ram_8_12x12_2_k3_lstm_translated60 \(--patch_size=12 "
+                       r"--num_patches=3 --num_glimpses=8 --core=lstm\); pass the flags"):
+        checkpoint.choose(c, best=True)
+
+
+def test_a_flag_that_fits_no_run_names_every_run():
+    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--num_glimpses=5")
+    checkpoint.choose(c, best=True)
+    with pytest.raises(UserError) as e:
+        checkpoint.load(c, "cpu", best=True)
+    names = [f[:-len("_params.json")] for f in os.listdir(SHIPPED) if f.endswith(".json")]
+    assert len(names) == 7 and all(f"{n} (" in str(e.value) for n in names)
