@@ -101,6 +101,21 @@ def test_grey_folder_train_resume_test_predict(tmp_path):
         assert words in proc.stderr and "\t" not in proc.stdout
         assert not gif.exists()
 
+    # a folder with an unreadable image among good ones: it is named, the rest classified
+    (tmp_path / "mixed").mkdir()
+    for i in (1, 2):
+        (tmp_path / "mixed" / f"{i}.png").write_bytes((data / "test" / "dot" / f"{i}.png")
+                                                      .read_bytes())
+    os.rename(tmp_path / "broken.png", tmp_path / "mixed" / "0.png")
+    proc = run_main(tmp_path, "--is_train=False", "--predict=mixed", *flags, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [ln.split("\t")[0] for ln in proc.stdout.splitlines() if "\t" in ln] == [
+        os.path.join("mixed", f"{i}.png") for i in (1, 2)]
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 2 and "cannot read image mixed/0.png" in errors[0]
+    assert "1 of 3 images could not be read" in errors[1]
+    assert gif.exists()
+
 
 def test_colour_non_square_streamed_with_its_own_valid_folder(tmp_path):
     make_folder(tmp_path / "flags", shape=(12, 20), colour=True, valid=3, ext="bmp")
