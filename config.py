@@ -61,11 +61,13 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                     formatter_class=Defaults,
                     allow_abbrev=False)  # --epoch must not silently mean --epochs
 
-    parser.add_argument("--model", choices=("ram", "fc", "convnet"), default="ram",
+    parser.add_argument("--model", choices=("ram", "fc", "convnet", "smallcnn"), default="ram",
                         help="ram: the Recurrent Attention Model; fc, convnet: the paper's "
                              "baselines, trained by the same loop (fc: 2 layers of "
                              "--hidden_size rectifier units; convnet: 8 filters of 10x10 at "
-                             "stride 5, then 256 rectifier units)")
+                             "stride 5, then 256 rectifier units); smallcnn: a modern small "
+                             "convnet (4 3x3 convolutions with batch norm, 2 max-pools, the "
+                             "average over positions)")
 
     glimpse_arg = parser.add_argument_group("Glimpse Network Params")
     glimpse_arg.add_argument("--patch_size", type=int, default=8,

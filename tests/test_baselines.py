@@ -38,11 +38,12 @@ def test_convnet_is_the_papers(side, cells):
                                torch.log_softmax(h @ net.out.weight.t() + net.out.bias, 1))
 
 
-@pytest.mark.parametrize("model", ["fc", "convnet"])
+@pytest.mark.parametrize("model", ["fc", "convnet", "smallcnn"])
 def test_a_baseline_trains_on_the_classifier_loss_alone(model):
     """No glimpses, no b_t: the hybrid loss is the NLL, and it reaches every parameter."""
+    from baselines import BASELINES
     torch.manual_seed(2)
-    net = (FullyConnected if model == "fc" else ConvNet)(ModelConfig(model=model))
+    net = BASELINES[model](ModelConfig(model=model))
     x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
     out = net(x)
     losses = loss_terms(out, y)
@@ -91,3 +92,32 @@ def test_random_glimpses_ignore_the_policy():
     assert model.sensor.fc1.weight.grad.abs().sum() > 0
     u = torch.erf(torch.randn(20000) / math.sqrt(2))  # uniform: mean 0, variance 1/3
     assert abs(u.mean()) < 0.02 and abs(u.var() - 1 / 3) < 0.01 and u.abs().max() <= 1
+
+
+def test_small_cnn_is_four_normalised_3x3_convolutions_and_an_average():
+    """Against the same network written as plain functional calls (eval mode: batch norm
+    with its running statistics), on a non-square image: the average makes any size work."""
+    from baselines import SmallCNN
+    torch.manual_seed(3)
+    net = SmallCNN(ModelConfig(model="smallcnn", channels=3, height=20, width=36,
+                               num_classes=4)).eval()
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in net.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32]
+    for n in norms:  # running statistics other than the initial 0 and 1
+        n.running_mean.uniform_(-0.5, 0.5)
+        n.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 20, 36)
+    h = x
+    for i, (c, n) in enumerate(zip(convs, norms)):
+        h = F.conv2d(h, c.weight, padding=1)
+        h = (h - n.running_mean[:, None, None]) / torch.sqrt(n.running_var[:, None, None] +
+                                                              n.eps)
+        h = torch.relu(h * n.weight[:, None, None] + n.bias[:, None, None])
+        if i % 2:
+            h = F.max_pool2d(h, 2)
+    assert h.shape == (2, 32, 5, 9)
+    expected = torch.log_softmax(h.mean((2, 3)) @ net.out.weight.t() + net.out.bias, 1)
+    torch.testing.assert_close(net(x).log_probas, expected)
+    assert multiply_adds(net, x[:1], None) == (
+        20 * 36 * 9 * (3 * 16 + 16 * 16) + 10 * 18 * 9 * (16 * 32 + 32 * 32) + 32 * 4)
