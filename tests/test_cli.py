@@ -183,7 +183,8 @@ def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
     project's CI has it) tests as the README says, 9853/10000 at M=10."""
     ref = os.path.join(SHARED, "reference", f"{NAME}_model_best.pth.tar")
     if not os.path.isfile(ref):
-        pytest.skip("the seed checkpoint is not in ../shared/reference")
+        pytest.skip("the seed's published checkpoint (ram_6_8x8_2_model_best.pth.tar, from its "
+                    "repository) is not in ../shared/reference beside the project")
     ckpt_dir = tmp_path / "seedckpt"
     ckpt_dir.mkdir()
     os.symlink(ref, ckpt_dir / f"{NAME}_model_best.pth.tar")
