@@ -269,13 +269,6 @@ def check(config):
     if config.predict is not None and config.is_train:
         raise UserError("--predict classifies with a trained model: pass --is_train=False too")
     check_data(config)
-    # the seed's folders for the seed's --ckpt_dir; another run's beside its checkpoints, so
-    # that runs with the same settings in two folders never share their glimpses or logs
-    beside = os.path.normpath(config.ckpt_dir) != "ckpt"
-    for flag, folder in (("plot_dir", "plots"), ("logs_dir", "logs")):
-        if getattr(config, flag) is None:
-            setattr(config, flag, os.path.join(config.ckpt_dir, folder) if beside else
-                    f"./{folder}/")
 
 
 def check_data(config):
@@ -317,6 +310,13 @@ def get_config(argv=None):
     config = parser.parse_args(argv)
     del config.momentum
     config._given = given(argv)
+    # the seed's folders for the seed's --ckpt_dir; another run's beside its checkpoints, so
+    # that runs with the same settings in two folders never share their glimpses or logs
+    beside = os.path.normpath(config.ckpt_dir) != "ckpt"
+    for flag, folder in (("plot_dir", "plots"), ("logs_dir", "logs")):
+        if getattr(config, flag) is None:
+            setattr(config, flag, os.path.join(config.ckpt_dir, folder) if beside else
+                    f"./{folder}/")
     return config
 
 

@@ -92,6 +92,12 @@ def train(config, device, rank, world):
     if rank:  # the same initial weights everywhere, then noise of its own
         torch.manual_seed(config.random_seed + 7919 * rank)
     net = data_parallel(model, train_loader, valid_loader, device, rank, world)
+    trainer = Trainer(config, model, train_loader, valid_loader, device, net, master=rank == 0,
+                      bar=speaks)
+    if config.resume:
+        checkpoint.resume(trainer, config, device, rank, world)
+    elif config.init_from:  # fine-tuning, a warm restart: the weights alone, before any folder
+        checkpoint.init_from(model, config.init_from, config, device)
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     if config.overwrite:  # the old run's glimpses go with it
         for p in glob.glob(os.path.join(plot_dir, "[gly]_*.p")):
@@ -106,12 +112,6 @@ def train(config, device, rank, world):
         path = os.path.join(plot_dir, "sample.png")
         plot_glimpses.plot_images(train_loader.pictures(x[:9]), y[:9], path)
         print("[*] Saved a sample of the data to {}".format(path))
-    trainer = Trainer(config, model, train_loader, valid_loader, device, net, master=rank == 0,
-                      bar=speaks)
-    if config.resume:
-        checkpoint.resume(trainer, config, device, rank, world)
-    elif config.init_from:  # fine-tuning, or a warm restart: the weights alone
-        checkpoint.init_from(model, config.init_from, config, device)
     if world > 1:
         print(f"[*] Training data-parallel on {world} processes "
               f"({torch.distributed.get_backend()}): {config.batch_size} images a batch each, "

@@ -49,6 +49,7 @@ def test_grey_folder_train_resume_test_predict(tmp_path):
     flags = ("--dataset=folder", "--data_dir=shapes", *TINY)
     out = run_main(tmp_path, "--epochs=1", *flags).stdout
     assert "[*] Train on 65 samples, validate on 7 samples" in out  # the seed's 10% of 72
+    assert "[*] Images of 1 channel, 16x16 (HxW), 3 classes" in out  # what it found
     assert "[*] shapes: 3 classes, in this order: circle, cross, dot" in out
     name = "ram_6_8x8_2_shapes"
     ckpt = torch.load(tmp_path / "ckpt" / f"{name}_ckpt.pth.tar", weights_only=True)
@@ -122,6 +123,7 @@ def test_colour_non_square_streamed_with_its_own_valid_folder(tmp_path):
     flags = ("--dataset=folder", "--data_dir=flags", "--in_memory_gb=0", *TINY)
     out = run_main(tmp_path, "--epochs=1", *flags).stdout
     assert "[*] Train on 72 samples, validate on 9 samples" in out
+    assert "[*] Images of 3 channels, 12x20 (HxW), 3 classes" in out
     ckpt = torch.load(tmp_path / "ckpt" / "ram_6_8x8_2_flags_ckpt.pth.tar", weights_only=True)
     assert ckpt["data"]["image_shape"] == [3, 12, 20]
     x = pixels(tmp_path / "flags", "train")

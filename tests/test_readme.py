@@ -75,3 +75,15 @@ def test_bench_takes_main_flags():
     config.check(defaults)
     defaults = utils.settings(defaults)
     assert {k: v for k, v in vars(bench.get_args([])).items() if k in defaults} == defaults
+
+
+@pytest.mark.slow
+def test_the_readme_says_how_many_tests_a_user_runs():
+    """The quick start's count of tests is the suite's (a subprocess collects it)."""
+    import subprocess
+    import sys
+    said = re.search(r"the second runs the tests \((\d+) tests", README)
+    assert said, "the quick start no longer says how many tests there are"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                          os.path.join(ROOT, "tests")], capture_output=True, text=True).stdout
+    assert f"{said.group(1)} tests collected" in out, out[-300:]
