@@ -97,7 +97,7 @@ def get_args(argv=None):
     own.add_argument("--epoch", type=config.str2bool, default=False,
                      help="also time one whole epoch (train + validation), batches made as "
                           "main.py makes them")
-    args = p.parse_args(argv)
+    args = config.folders(p.parse_args(argv))
     try:
         config.check(args)
         if args.dataset == "folder":

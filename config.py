@@ -310,8 +310,13 @@ def get_config(argv=None):
     config = parser.parse_args(argv)
     del config.momentum
     config._given = given(argv)
-    # the seed's folders for the seed's --ckpt_dir; another run's beside its checkpoints, so
-    # that runs with the same settings in two folders never share their glimpses or logs
+    return folders(config)
+
+
+def folders(config):
+    """--plot_dir and --logs_dir where not given: the seed's for the seed's --ckpt_dir, else
+    beside the checkpoints, so that two runs with the same settings in two folders never share
+    their glimpses or logs."""
     beside = os.path.normpath(config.ckpt_dir) != "ckpt"
     for flag, folder in (("plot_dir", "plots"), ("logs_dir", "logs")):
         if getattr(config, flag) is None:
