@@ -39,9 +39,9 @@ def test_several_runs_that_fit_are_named_with_what_tells_them_apart():
 
 
 def test_a_flag_that_fits_no_run_names_every_run():
-    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--num_glimpses=5")
+    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--num_glimpses=9")
     checkpoint.choose(c, best=True)
     with pytest.raises(UserError) as e:
         checkpoint.load(c, "cpu", best=True)
     names = [f[:-len("_params.json")] for f in os.listdir(SHIPPED) if f.endswith(".json")]
-    assert len(names) == 7 and all(f"{n} (" in str(e.value) for n in names)
+    assert len(names) == 10 and all(f"{n} (" in str(e.value) for n in names)
