@@ -87,3 +87,14 @@ def test_the_readme_says_how_many_tests_a_user_runs():
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                           os.path.join(ROOT, "tests")], capture_output=True, text=True).stdout
     assert f"{said.group(1)} tests collected" in out, out[-300:]
+
+
+def test_the_quick_start_pastes_in_order():
+    """One interpreter throughout (the first line activates the venv that every later
+    `python` is), and the CPU-only install is said before the line that would fetch CUDA's."""
+    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    first_block = quick.split("```", 2)[1]
+    assert ". .venv/bin/activate &&" in first_block.splitlines()[1]
+    assert quick.index("whl/cpu") < quick.index("```")
+    later = quick.split("```", 3)[3]
+    assert ".venv/bin/python" not in later and "python main.py" in later
