@@ -1,6 +1,6 @@
 """The paper's baselines (--model=fc, convnet) and a modern small convnet (--model=smallcnn),
-trained and tested by RAM's own loop on the same batches: each looks at the whole image at once and returns a Rollout with no glimpses, so that
-the hybrid loss reduces to the classifier's NLL.
+trained and tested by RAM's own loop on the same batches: each looks at the whole image at once
+and returns a Rollout with no glimpses, so that the hybrid loss reduces to the classifier's NLL.
 
 The convnet follows the paper's description (section 4.1): one layer of 8 filters of 10x10 at
 stride 5, a fully connected layer of 256 rectifier units, then the softmax (tfRAM's

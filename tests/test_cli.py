@@ -195,7 +195,8 @@ def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
 
 
 SHIPPED_MODELS = sorted(set(re.findall(
-    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped([^\n]*)\n# \[\*\] Test Acc: (\d+)/10000",
+    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped([^\n]*)\n"
+    r"# \[\*\] Test Acc: (\d+)/10000",
     "".join(open(os.path.join(ROOT, f)).read() for f in ("README.md", "RESULTS.md")))))
 
 
