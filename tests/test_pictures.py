@@ -39,3 +39,28 @@ def test_each_panel_says_the_class_and_the_prediction():
     fig, _ = drawn(titles=titles)
     assert [ax.get_title() for ax in fig.axes[:2]] == ["3: said 3 ✓", "7: said 1 ✗"]
     assert to_rgba(fig.axes[1].title.get_color()) == to_rgba("tab:red")
+
+
+def test_predict_titles_each_panel_with_its_file_class_and_probability(tmp_path, monkeypatch,
+                                                                        capsys):
+    """--predict's picture says, over each image, what its printed line says."""
+    import os
+
+    import torch
+    from PIL import Image
+
+    import main
+    from conftest import ROOT, make_config
+    rng = np.random.RandomState(2)
+    for i in range(3):
+        Image.fromarray(rng.randint(0, 255, (28, 28)).astype(np.uint8)).save(tmp_path / f"d{i}.png")
+    drawn = {}
+    monkeypatch.setattr(plot_glimpses, "animate", lambda *args: drawn.update(titles=args[-1]))
+    c = make_config("--is_train=False", "--M=2", f"--predict={tmp_path}",
+                    f"--ckpt_dir={os.path.join(ROOT, 'ckpt', 'shipped')}",
+                    f"--plot_dir={tmp_path / 'pictures'}")
+    main.predict(c, torch.device("cpu"), 1)
+    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines() if "\t" in ln]
+    assert len(lines) == 3
+    assert drawn["titles"] == [(f"{os.path.basename(f)}\n{k} ({float(p):.2f})", "black")
+                               for f, k, p in lines]
