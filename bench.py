@@ -131,7 +131,7 @@ def main():
         measure(cfg)
         return
     n = runs.threads(cfg)
-    rates = runs.in_processes(measure, [runs.run_config(cfg, r) for r in range(cfg.num_runs)], n)
+    rates = runs.in_processes(measure, runs.configs(cfg), n)
     train, evals = (sum(r) for r in zip(*rates))
     print(f"{cfg.num_runs} runs side by side, a process each, {n} thread{'s' * (n > 1)} each: "
           f"train {train:,.0f} img/s   eval {evals:,.0f} rows/s in all")

@@ -131,8 +131,8 @@ def train_runs(config):
     try:
         runs.train(config, run_one)
     except KeyboardInterrupt:
-        saved = ", ".join(f"seed {c.random_seed}: {checkpoint.saved_epoch(c) or 'none'}" for c
-                          in (runs.run_config(config, r) for r in range(config.num_runs)))
+        saved = ", ".join(f"seed {c.random_seed}: {checkpoint.saved_epoch(c) or 'none'}"
+                          for c in runs.configs(config))
         say(f"\n[!] Interrupted: the epochs saved are {saved}; resume them all with "
             f"{resume_command()}")
         sys.exit(128 + stopped_by)

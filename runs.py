@@ -52,6 +52,11 @@ def run_config(config, r):
     return c
 
 
+def configs(config):
+    """The settings of each of the command's runs."""
+    return [run_config(config, r) for r in range(config.num_runs)]
+
+
 def check_memory(n):
     """Refuses more runs than this machine's free memory holds, before any starts."""
     try:
@@ -152,7 +157,7 @@ def mean_sd(values):
 def train(config, target):
     """Trains every run (target(run's config) in its process), then one line per run: its
     best epoch and validation accuracy, and their mean and sd. Selection stays on validation."""
-    runs = [run_config(config, r) for r in range(config.num_runs)]
+    runs = configs(config)
     check_memory(len(runs))
     for c in runs:  # a mistake common to all said once, before anything starts
         if config.resume:
@@ -179,7 +184,7 @@ def train(config, target):
 def test(config, target):
     """Tests every run in this process (target(run's config) -> (correct, n, best valid
     acc)), then the test error's mean and sd and the run validation chooses."""
-    runs = [run_config(config, r) for r in range(config.num_runs)]
+    runs = configs(config)
     results = []
     for c in runs:
         print(f"\n[*] seed {c.random_seed}: {c.ckpt_dir}")
