@@ -190,9 +190,10 @@ def choose(config, best):
     that tell its runs apart). Sets config's flags to that run's."""
     if os.path.isfile(path(config, best)):
         return
-    given = getattr(config, "_given", set())
+    # a network flag given that a run does not have (--num_glimpses for a convnet) rules it out
+    given = getattr(config, "_given", set()) & (set(ModelConfig().network()) | set(DATA_FLAGS))
     fits = [(name, s) for name, s in saved_runs(config.ckpt_dir)
-            if all(s[k] == getattr(config, k) for k in given & set(s))]
+            if all(k in s and s[k] == getattr(config, k) for k in given)]
     if len(fits) > 1:
         raise UserError(f"{config.ckpt_dir} holds {len(fits)} runs that fit these flags: "
                         f"{listing(fits, config)}; pass the flags of the one to use")

@@ -58,6 +58,9 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         for k in ("channels", "num_classes", "height", "width", "std", "autograd"):
             del d[k]
+        if self.model != "ram":  # a baseline has no sensor, core or policy
+            keep = ("model", "hidden_size") if self.model == "fc" else ("model",)
+            d = {k: d[k] for k in keep}
         return d
 
 

@@ -40,6 +40,9 @@ def test_model_config_from_flags_and_checkpoints():
                            "glimpse_hidden": 128, "loc_hidden": 128, "hidden_size": 256,
                            "num_glimpses": 6, "core": "rnn", "random_glimpses": False,
                            "model": "ram"}
+    # a baseline is only what it uses: RAM's flags do not tell two convnets apart
+    assert ModelConfig.of(settings, model="convnet").network() == {"model": "convnet"}
+    assert ModelConfig(model="fc", hidden_size=64).network() == {"model": "fc", "hidden_size": 64}
 
 
 def plain_rollout(model, x, l_0, T, eps):
