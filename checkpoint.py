@@ -190,8 +190,10 @@ def choose(config, best):
     that tell its runs apart). Sets config's flags to that run's."""
     if os.path.isfile(path(config, best)):
         return
-    # a network flag given that a run does not have (--num_glimpses for a convnet) rules it out
+    # --model counts as given (RAM unless a baseline is named, as in training); a network flag
+    # given that a run does not have (--num_glimpses for a convnet) rules it out
     given = getattr(config, "_given", set()) & (set(ModelConfig().network()) | set(DATA_FLAGS))
+    given.add("model")
     fits = [(name, s) for name, s in saved_runs(config.ckpt_dir)
             if all(k in s and s[k] == getattr(config, k) for k in given)]
     if len(fits) > 1:

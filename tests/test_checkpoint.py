@@ -31,22 +31,21 @@ def test_the_flags_own_checkpoint_comes_first(capsys):
 
 def test_several_runs_that_fit_are_named_with_what_tells_them_apart():
     c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=translated")
-    with pytest.raises(UserError, match="holds 3 runs that fit these flags: "
-                       r"convnet_translated60 \(--model=convnet\), "
+    with pytest.raises(UserError, match="holds 2 runs that fit these flags: "
                        r"ram_6_12x12_2_k3_lstm_translated60 \(--patch_size=12 --num_patches=3 "
                        r"--core=lstm\), ram_8_12x12_2_k3_lstm_translated60 \(--patch_size=12 "
                        r"--num_patches=3 --num_glimpses=8 --core=lstm\); pass the flags"):
         checkpoint.choose(c, best=True)
 
 
-def test_a_network_flag_a_baseline_lacks_rules_it_out(capsys):
-    """--num_glimpses=6 names RAM's translated run, not the convnet beside it (whose params
-    json holds the default 6 too, meaningless for a convnet)."""
-    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=translated",
-                    "--num_glimpses=6")
+def test_a_baseline_is_chosen_only_when_named(capsys):
+    """As in training, RAM unless --model names a baseline: the cluttered 60x60 flags name
+    RAM's run, not the convnet beside it."""
+    c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=cluttered",
+                    "--canvas_size=60")
     checkpoint.choose(c, best=True)
-    assert (c.model, c.patch_size, c.num_patches, c.core) == ("ram", 12, 3, "lstm")
-    assert "[*] Using ram_6_12x12_2_k3_lstm_translated60," in capsys.readouterr().out
+    assert (c.model, c.num_glimpses, c.core) == ("ram", 8, "lstm")
+    assert "[*] Using ram_8_12x12_2_k3_lstm_cluttered60," in capsys.readouterr().out
 
 
 def test_a_flag_that_fits_no_run_names_every_run():
@@ -55,4 +54,4 @@ def test_a_flag_that_fits_no_run_names_every_run():
     with pytest.raises(UserError) as e:
         checkpoint.load(c, "cpu", best=True)
     names = [f[:-len("_params.json")] for f in os.listdir(SHIPPED) if f.endswith(".json")]
-    assert len(names) == 14 and all(f"{n} (" in str(e.value) for n in names)
+    assert len(names) == 16 and all(f"{n} (" in str(e.value) for n in names)
