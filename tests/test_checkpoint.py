@@ -54,4 +54,4 @@ def test_a_flag_that_fits_no_run_names_every_run():
     with pytest.raises(UserError) as e:
         checkpoint.load(c, "cpu", best=True)
     names = [f[:-len("_params.json")] for f in os.listdir(SHIPPED) if f.endswith(".json")]
-    assert len(names) == 16 and all(f"{n} (" in str(e.value) for n in names)
+    assert len(names) == 18 and all(f"{n} (" in str(e.value) for n in names)
