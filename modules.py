@@ -19,6 +19,28 @@ class Scale(NamedTuple):
     pool: int  # the factor to average-pool the fetched pixels by (1: none, or pre-pooled)
 
 
+def window_mean(x, f):
+    """F.avg_pool2d(x, f, stride=1) on (B, C, H, W), the same floats. On CPU, that kernel
+    visits each window pixel by pixel; summing the f * f shifted views in its order (row by
+    row, from 0) then dividing by f * f gives its floats bit for bit, about 3x faster, when a
+    few images at a time (about 1 MB) keep the running sum in cache. Elsewhere (CUDA, or
+    traced by torch.compile, which fuses the pooling) avg_pool2d itself is the fast way."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.avg_pool2d(x, f, stride=1)
+    H, W = x.shape[-2] - f + 1, x.shape[-1] - f + 1
+    images = x.reshape(-1, *x.shape[-2:])
+    out = x.new_empty(len(images), H, W)
+    n = max(1, 2**18 // (H * W))
+    for i in range(0, len(images), n):
+        acc, src = out[i:i + n], images[i:i + n]
+        acc.copy_(src[:, :H, :W])
+        for r in range(f):
+            for c in range(f):
+                if r or c:
+                    acc += src[:, r:r + H, c:c + W]
+    return out.div_(f * f).view(*x.shape[:-2], H, W)
+
+
 class Retina:
     """The glimpse sensor rho(x_t, l_{t-1}): k patches centred at l, the first g x g and each
     next one s times wider, each average-pooled down to g x g, flattened into phi.
@@ -51,7 +73,7 @@ class Retina:
             # offsets are made per rollout (three small ops a scale), not cached: a cache
             # filled while torch.compile traces would make it compile everything twice
             f = n // self.g if prepool else 1
-            img = F.avg_pool2d(padded, f, stride=1) if f > 1 else padded
+            img = window_mean(padded, f) if f > 1 else padded
             cols = img.shape[-1]
             r = torch.arange(lo - n // 2, lo - n // 2 + n, f, device=x.device)
             scales.append(Scale(img.flatten(2), torch.tensor([1, cols], device=x.device),

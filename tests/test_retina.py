@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from modules import Retina
+from modules import Retina, window_mean
 
 
 def reference_phi(x, l, g, k, s):
@@ -98,3 +99,10 @@ def test_copies_and_prepooling_give_the_same_floats(g, k, s, C):
                                rtol=1e-6, atol=1e-6)
     for prepool in (False, True):
         assert torch.equal(retina.foveate(x, l, prepool), expected), prepool
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 8])
+def test_window_mean_is_avg_pool_with_stride_one_bit_for_bit(f):
+    """Across several chunks of images (the last one short), channels and a non-square image."""
+    x = torch.rand(23, 3, 97, 110, generator=torch.Generator().manual_seed(f)) * 10 - 5
+    assert torch.equal(window_mean(x, f), F.avg_pool2d(x, f, stride=1))
