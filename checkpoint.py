@@ -16,9 +16,11 @@ from model import ModelConfig
 from utils import UserError
 
 # what a checkpoint says of its data; one without a record is the seed's: MNIST 28x28
-DATA_FLAGS = ("dataset", "canvas_size", "num_clutter", "clutter_size", "image_size")
+DATA_FLAGS = ("dataset", "canvas_size", "num_clutter", "clutter_size", "image_size",
+              "screen_size")
 SEED_DATA = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
-             "clutter_size": None, "image_size": None, "normalisation": [0.1307, 0.3081],
+             "clutter_size": None, "image_size": None, "screen_size": None,
+             "normalisation": [0.1307, 0.3081],
              "image_shape": [1, 28, 28], "classes": [str(i) for i in range(10)]}
 
 

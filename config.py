@@ -5,9 +5,10 @@ import difflib
 import math
 import os
 
+import catch
 from utils import UserError, default_clutter, error_exit, parse_size
 
-DATASETS = ("mnist", "translated", "cluttered", "folder")
+DATASETS = ("mnist", "translated", "cluttered", "folder", "catch")
 CANVAS_FLAGS = ("canvas_size", "num_clutter", "clutter_size")
 
 
@@ -109,7 +110,8 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                           help="mnist: the 28x28 digits; translated: each digit at a random place "
                                "on an empty canvas; cluttered: the same plus clutter pieces cut "
                                "from other digits (the paper's tasks); folder: your own labelled "
-                               "images in --data_dir (DATA/train/<class>/<image>, DATA/test/...)")
+                               "images in --data_dir (DATA/train/<class>/<image>, DATA/test/...); "
+                               "catch: the paper's game, played from the reward alone")
     data_arg.add_argument("--canvas_size", type=int, default=None,
                           help="side of the translated or cluttered canvas (default 60)")
     data_arg.add_argument("--num_clutter", type=int, default=None,
@@ -117,6 +119,9 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                                "canvas, 8 from 100 px, as in the paper)")
     data_arg.add_argument("--clutter_size", type=int, default=None,
                           help="side of a clutter piece (default 8)")
+    data_arg.add_argument("--screen_size", type=int, default=None,
+                          help="--dataset=catch: side of the game's screen (default 24, the "
+                               "paper's); an episode is screen_size - 1 steps")
     data_arg.add_argument("--image_size", type=str, default=None,
                           help="--dataset=folder: resize every image to H or HxW pixels (default: "
                                "the images' own size, which they must then share)")
@@ -280,7 +285,14 @@ def check_data(config):
             raise UserError("--image_size applies to --dataset=folder (MNIST and the canvases "
                             "have their own sizes)")
         parse_size(config.image_size)
+    if config.screen_size is not None and config.dataset != "catch":
+        raise UserError("--screen_size applies to --dataset=catch")
     given = [f"--{f}" for f in CANVAS_FLAGS if getattr(config, f) is not None]
+    if config.dataset == "catch":
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to --dataset=translated or "
+                            "cluttered")
+        return catch.check_flags(config)
     if config.dataset in ("mnist", "folder"):
         if given:
             raise UserError(f"{', '.join(given)} only apply to --dataset=translated or "

@@ -123,6 +123,13 @@ class Batches:
         mean, std = self.statistics(x.device)
         return x * std + mean
 
+    def glimpses(self, x, y, out):
+        """What the pickles keep of a batch's first 9 images: the pictures, the glimpses'
+        locations, the classes and the predictions."""
+        return (self.pictures(x[:9]).cpu().numpy(), out.locs[:9].detach().cpu().numpy(),
+                [self.classes[k] for k in y[:9].tolist()],
+                [self.classes[k] for k in out.log_probas[:9].argmax(1).tolist()])
+
     def statistics(self, device):
         """(mean, std): numbers, or (C, 1, 1) tensors when there is one per channel (folders)."""
         mean, std = self.normalisation

@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+import catch
 import checkpoint
 import data_loader
 import image_folder
@@ -66,15 +67,16 @@ def seeded(config):
 
 
 def dataset(config):
-    """The module that serves config.dataset's batches (both have the same interface)."""
-    return image_folder if config.dataset == "folder" else data_loader
+    """The module that serves config.dataset's batches (all have the same interface)."""
+    return {"folder": image_folder, "catch": catch}.get(config.dataset, data_loader)
 
 
 def build(config, image_shape, classes, device):
     """The model the flags describe, for images of image_shape (C, H, W) and these classes."""
     C, H, W = image_shape
     print(f"[*] Images of {C} channel{'s' * (C > 1)}, {H}x{W} (HxW), {len(classes)} classes")
-    args = ModelConfig.of(vars(config), channels=C, num_classes=len(classes), height=H, width=W)
+    args = ModelConfig.of(vars(config), channels=C, num_classes=len(classes), height=H, width=W,
+                          control=config.dataset == "catch")
     model = BASELINES.get(args.model, RecurrentAttention)(args).to(device)
     print("[*] Number of model parameters: {:,}".format(
         sum(p.numel() for p in model.parameters())))
@@ -182,8 +184,24 @@ def test(config, device, rank, world):
     loader.normalisation = tuple(data["normalisation"])  # its training data's statistics
     run = compiled(rollout, device) if config.compile else rollout
     _, acc, correct = evaluate(run, model, loader, config.M, config.init_loc, device)
-    print("[*] Test Acc: {}/{} ({:.2f}%)".format(correct, loader.num_samples, acc))
+    metric = getattr(loader, "metric", "Acc")
+    print("[*] Test {}: {}/{} ({:.2f}%)".format(metric, correct, loader.num_samples, acc))
+    if model.config.control:  # the rate while training samples its actions, as ports report
+        with sampling(model):
+            _, acc_s, correct_s = evaluate(run, model, loader, config.M, config.init_loc, device)
+        print("[*] Test {}, actions sampled: {}/{} ({:.2f}%)".format(
+            metric, correct_s, loader.num_samples, acc_s))
     return correct, loader.num_samples, valid_acc
+
+
+@contextlib.contextmanager
+def sampling(model):
+    """A game's actions sampled from the policy, as in training, not the most likely."""
+    model.greedy = False
+    try:
+        yield
+    finally:
+        model.greedy = None
 
 
 def predict(config, device, world):

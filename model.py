@@ -5,7 +5,8 @@ print(m(torch.randn(4, 1, 28, 28), torch.zeros(4, 2)).log_probas.shape)"
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
+from functools import partial
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,9 @@ class Rollout(NamedTuple):
     log_pi: torch.Tensor  # (B, T) log pi(l_t) of the locations l_1..l_T the policy chose
     b: torch.Tensor  # (B, T) baselines b_1..b_T
     locs: torch.Tensor  # (B, T, 2) where glimpses 1..T were taken: l_0..l_{T-1}
+    # a game's (config.control): the reward (B,), and the actions a_1..a_T (B, T) taken
+    R: Optional[torch.Tensor] = None
+    actions: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ModelConfig:
     model: str = "ram"  # or a baseline of baselines.py (fc, convnet)
     height: int = 28  # the images' size: the baselines' first layer depends on it
     width: int = 28
+    control: bool = False  # a game: an action a_t at every step, not a class after the last
 
     @classmethod
     def of(cls, settings, **given):
@@ -56,7 +61,7 @@ class ModelConfig:
         gives (channels, classes), how it is trained and how widely its policy samples (--std
         may differ at test, as in the seed)."""
         d = dataclasses.asdict(self)
-        for k in ("channels", "num_classes", "height", "width", "std", "autograd"):
+        for k in ("channels", "num_classes", "height", "width", "std", "autograd", "control"):
             del d[k]
         if self.model != "ram":  # a baseline has no sensor, core or policy
             keep = ("model", "hidden_size") if self.model == "fc" else ("model",)
@@ -85,6 +90,7 @@ class RecurrentAttention(nn.Module):
         self.locator = LocationNetwork(c.hidden_size, 2, c.std)
         self.classifier = ActionNetwork(c.hidden_size, c.num_classes)
         self.baseliner = BaselineNetwork(c.hidden_size, 1)
+        self.greedy = None  # a game's actions: None, the most likely in eval mode only
 
     def forward(self, x, l_0, num_glimpses=None, eps=None):
         """Runs T glimpses (num_glimpses, else the config's) on x (B, C, H, W) from l_0 (N, 2),
@@ -93,41 +99,71 @@ class RecurrentAttention(nn.Module):
         As in the paper (and the seed), the policy also picks a location after the last
         glimpse; that l_T is never looked at but its log pi and b_T enter the loss.
         eps (T, N, 2): the policy's standard normal noise, drawn here when not given.
+
+        With config.control, x is a game (catch.Catch, B = N games), played to its end: a
+        glimpse of each frame, then an action: sampled in training, the most likely in eval
+        mode, unless self.greedy says which (True or False).
         """
-        num_glimpses = num_glimpses or self.num_glimpses
+        if self.config.control:
+            num_glimpses, device, dtype = x.steps, x.x.device, x.x.dtype
+        else:
+            num_glimpses, device, dtype = num_glimpses or self.num_glimpses, x.device, x.dtype
         if eps is None:
-            eps = torch.randn(num_glimpses, len(l_0), 2, device=x.device, dtype=x.dtype)
-        # pad once, not once per glimpse; pre-pool where each image has M copies
-        prepared = self.sensor.retina.prepare(x, prepool=len(l_0) > len(x))
+            eps = torch.randn(num_glimpses, len(l_0), 2, device=device, dtype=dtype)
+        if self.config.control:
+            actions = []
+            def see(l_t):  # the frame changes every step: nothing to prepare once
+                return self.sensor.retina.foveate(x.frame(), l_t)
+            greedy = not self.training if self.greedy is None else self.greedy
+            act = partial(self.act, x, actions, greedy)
+        else:  # pad once, not once per glimpse; pre-pool where each image has M copies
+            prepared = self.sensor.retina.prepare(x, prepool=len(l_0) > len(x))
+            see, act = partial(self.sensor.retina.glimpse, prepared), None
         if torch.is_grad_enabled() and not self.autograd:
-            h, l_raw, locs = GlimpseLoop.apply(self, prepared, l_0, eps,
+            h, l_raw, locs = GlimpseLoop.apply(self, see, act, l_0, eps,
                                                *self.trunk_parameters())
         else:  # no gradient wanted, or autograd's: the plain loop
-            h, l_raw, locs, _, _ = glimpse_loop(self, prepared, l_0, eps)
+            h, l_raw, locs, _, _ = glimpse_loop(self, see, act, l_0, eps)
         # mu_t, log pi and b_t do not feed the recurrence: one batched call each
         log_pi = self.locator.log_prob(self.locator(h), l_raw)
         if self.config.random_glimpses:  # no policy acted: nothing for REINFORCE to train
             log_pi = torch.zeros_like(log_pi)
-        return Rollout(self.classifier(h[:, -1]), log_pi, self.baseliner(h), locs)
+        if not self.config.control:
+            return Rollout(self.classifier(h[:, -1]), log_pi, self.baseliner(h), locs)
+        # the policy is joint: log pi(l_t, a_t) = log pi(l_t) + log pi(a_t)
+        a = torch.stack(actions, 1)
+        log_p = self.classifier(h)
+        log_pi = log_pi + log_p.gather(2, a.unsqueeze(2)).squeeze(2)
+        return Rollout(log_p, log_pi, self.baseliner(h), locs, x.reward(), a)
+
+    def act(self, game, actions, greedy, h_t):
+        """a_t from the action network on h_t, sampled or the most likely; the game steps."""
+        logits = self.classifier.fc(h_t.detach())
+        a = logits.argmax(1) if greedy else torch.multinomial(logits.softmax(1), 1).squeeze(1)
+        actions.append(a)
+        game.step(a)
 
     def trunk_parameters(self):
         """What the classifier's loss trains through time: the glimpse and core networks."""
         return [*self.sensor.parameters(), *self.rnn.parameters()]
 
 
-def glimpse_loop(model, prepared, l_0, eps):
-    """The sequential part of a rollout: for t = 1..T, g_t from the glimpse at l_{t-1}, h_t,
-    and the policy's raw sample l_t. Returns h_t (B, T, hidden), the raw l_t (B, T, 2) and
-    the locations looked at, l_0..l_{T-1} (B, T, 2), then phi and g_t as lists of T."""
-    retina, random = model.sensor.retina, model.config.random_glimpses
+def glimpse_loop(model, see, act, l_0, eps):
+    """The sequential part of a rollout: for t = 1..T, g_t from the glimpse see(l_{t-1}), h_t,
+    the policy's raw sample l_t, then act(h_t) where there is an action to take. Returns h_t
+    (B, T, hidden), the raw l_t (B, T, 2) and the locations looked at, l_0..l_{T-1} (B, T, 2),
+    then phi and g_t as lists of T."""
+    random = model.config.random_glimpses
     glimpse_net, core, policy = (m.per_step() for m in (model.sensor, model.rnn, model.locator))
     h_t, l_t = None, l_0  # None: h_0 = 0 (CoreNetwork)
     hs, ls, locs, phis, gs = [], [], [], [], []
     for eps_t in eps:
-        phi = retina.glimpse(prepared, l_t)
+        phi = see(l_t)
         g_t = glimpse_net(phi, l_t)
         h_t = core(g_t, h_t)
         l_raw = policy(h_t, eps_t)
+        if act is not None:
+            act(h_t)
         for seq, v in ((hs, h_t), (ls, l_raw), (locs, l_t), (phis, phi), (gs, g_t)):
             seq.append(v)
         # random glimpses: the same noise made uniform on (-1, 1), erf(eps / sqrt 2)
@@ -149,8 +185,8 @@ class GlimpseLoop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, model, prepared, l_0, eps, *trunk_parameters):
-        h, l_raw, locs, phi, g = glimpse_loop(model, prepared, l_0, eps)
+    def forward(ctx, model, see, act, l_0, eps, *trunk_parameters):
+        h, l_raw, locs, phi, g = glimpse_loop(model, see, act, l_0, eps)
         ctx.model = model
         ctx.save_for_backward(h, locs, torch.stack(phi, 1), torch.stack(g, 1))
         ctx.mark_non_differentiable(l_raw, locs)
@@ -162,7 +198,7 @@ class GlimpseLoop(torch.autograd.Function):
         core_grads, dg = ctx.model.rnn.backward_through_time(dh, h, g)
         rows = (v.flatten(0, 1) for v in (phi, locs, g))  # (B*T, ...): time no longer matters
         glimpse_grads = ctx.model.sensor.weight_grads(dg, *rows)
-        return (None, None, None, None, *glimpse_grads, *core_grads)
+        return (None, None, None, None, None, *glimpse_grads, *core_grads)
 
 
 class DerivativeMismatch(UserError):
@@ -184,11 +220,11 @@ def check_derivatives(model):
         l_0 = torch.rand(B, 2, dtype=torch.float64) * 2 - 1
         eps = torch.randn(T, B, 2, dtype=torch.float64)
         dh = torch.randn(B, T, model.hidden_size, dtype=torch.float64)  # dL/dh_t, every t
-    prepared = ref.sensor.retina.prepare(x)
+    see = partial(ref.sensor.retina.glimpse, ref.sensor.retina.prepare(x))
     params = ref.trunk_parameters()
-    h = GlimpseLoop.apply(ref, prepared, l_0, eps, *params)[0]
+    h = GlimpseLoop.apply(ref, see, None, l_0, eps, *params)[0]
     written = torch.autograd.grad((h * dh).sum(), params)
-    h = glimpse_loop(ref, prepared, l_0, eps)[0]
+    h = glimpse_loop(ref, see, None, l_0, eps)[0]
     auto = torch.autograd.grad((h * dh).sum(), params, allow_unused=True)
     # the core first: a core whose derivative is off sends a wrong dL/dg_t to the glimpse net
     split = len(list(ref.sensor.parameters()))
@@ -234,10 +270,16 @@ def loss_terms(out, y):
 
     R = 1 for a right classification after the last glimpse, else 0, at every step; the
     baseline b_t is detached in the REINFORCE term, so that term trains the policy alone.
+    A game's rollout brings its own R, and no labels: its actions are the policy's, their
+    log pi already in log_pi, so REINFORCE trains them with the locations, and there is no
+    supervised term.
     """
-    R = (out.log_probas.argmax(1) == y).float()
+    if out.R is None:
+        R = (out.log_probas.argmax(1) == y).float()
+        action = F.nll_loss(out.log_probas, y)
+    else:
+        R, action = out.R, out.b.new_zeros(())
     R_t = R.unsqueeze(1).expand_as(out.b)
-    action = F.nll_loss(out.log_probas, y)
     # a baseline network (no glimpses, no b_t) leaves the classifier's loss alone
     baseline = F.mse_loss(out.b, R_t) if out.b.numel() else out.b.sum()
     reinforce = (-out.log_pi * (R_t - out.b.detach())).sum(1).mean()

@@ -1,5 +1,6 @@
 """Animate where RAM looked, and what it concluded: one GIF frame per glimpse on the 9 images
-training pickled, each titled with its class and the model's prediction.
+training pickled, each titled with its class and the model's prediction; for Catch, the 9
+games frame by frame, with the action taken and whether the ball was caught.
 
     python plot_glimpses.py --plot_dir=plots/ram_6_8x8_2/ --epoch=1
 
@@ -28,6 +29,7 @@ from utils import UserError  # noqa: E402
 # bright, with a dark outline: seen on black, grey, white and colour images alike
 COLOUR, OUTLINE = "#00e5ff", "black"
 RIGHT, WRONG = "tab:green", "tab:red"
+ARROWS = ("← left", "stay", "right →")  # a Catch action, by its index
 
 
 def load(plot_dir, epoch):
@@ -51,6 +53,10 @@ def load(plot_dir, epoch):
         if os.path.isfile(labels):
             with open(labels, "rb") as f:
                 titles = verdicts(*pickle.load(f))
+        if np.asarray(imgs).ndim == 5 and titles:  # a game's screens (9, T, 1, S, S): its actions
+            with open(labels, "rb") as f:
+                titles = [(text, colour, actions) for (text, colour), actions in
+                          zip(titles, pickle.load(f)[0])]
     except Exception as e:
         raise UserError(f"cannot read the pickles in {plot_dir} "
                         f"({type(e).__name__}: {e})") from None
@@ -58,7 +64,10 @@ def load(plot_dir, epoch):
 
 
 def verdicts(classes, predicted):
-    """[(title, colour)]: each image's class and what the model said, green if right."""
+    """[(title, colour)]: each image's class and what the model said, green if right; for a
+    game, whether the ball was caught."""
+    if predicted and predicted[0] in ("caught", "missed"):
+        return [(p, RIGHT if p == "caught" else WRONG) for p in predicted]
     return [(f"{y}: said {p} " + ("✓" if y == p else "✗"), RIGHT if y == p else WRONG)
             for y, p in zip(classes, predicted)]
 
@@ -94,8 +103,13 @@ def boxes(l, H, W, g, k, s):
 def figure(imgs, locs, g, k, s, titles=None):
     """(fig, frame): frame(t) draws glimpses 1..t+1 on each panel: every step's smallest box,
     numbered, the earlier ones faded, the current one's k boxes, and the path through their
-    centres; titles: [(text, colour)] per panel."""
-    if imgs.ndim == 4 and imgs.shape[1] == 1:  # grey (N, 1, H, W)
+    centres; titles: [(text, colour)] per panel. A game's imgs are its screens (N, T, H, W),
+    one a glimpse, and its titles (text, colour, the actions taken)."""
+    screens = None
+    if imgs.ndim == 5 or (imgs.ndim == 4 and titles and len(titles[0]) == 3):
+        screens = imgs[:, :, 0] if imgs.ndim == 5 else imgs
+        imgs = screens[:, 0]
+    elif imgs.ndim == 4 and imgs.shape[1] == 1:  # grey (N, 1, H, W)
         imgs = imgs[:, 0]
     if imgs.ndim == 4:  # colour (N, C, H, W) in [0, 1] -> (N, H, W, C)
         imgs = imgs.transpose(0, 2, 3, 1).clip(0, 1)
@@ -106,8 +120,9 @@ def figure(imgs, locs, g, k, s, titles=None):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    shown = []
     for i, (ax, img) in enumerate(zip(axes.flat, imgs)):
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        shown.append(ax.imshow(img, cmap="gray" if img.ndim == 2 else None))
         ax.set_autoscale_on(False)  # boxes past the border must not widen the picture
         if titles:
             ax.set_title(titles[i][0], color=titles[i][1], fontsize=9)
@@ -120,6 +135,10 @@ def figure(imgs, locs, g, k, s, titles=None):
         for a in artists:
             a.remove()
         artists.clear()
+        if screens is not None:  # the game's frame t, and the action taken on it
+            for i, (im, ax) in enumerate(zip(shown, axes.flat)):
+                im.set_data(screens[i, t])
+                ax.set_xlabel(f"action: {ARROWS[titles[i][2][t]]}" if titles else "")
         for ax, path in zip(axes.flat, locs):
             xs, ys = zip(*(centre(p, H, W) for p in path[:t + 1]))
             artists.extend(ax.plot(xs, ys, "-", color=COLOUR, lw=1.5, path_effects=outline))
@@ -135,7 +154,8 @@ def figure(imgs, locs, g, k, s, titles=None):
                 artists.append(ax.text(x, y, str(u + 1), color=COLOUR, fontsize=7, va="bottom",
                                        alpha=1.0 if u == t else 0.6, path_effects=outline,
                                        clip_on=True))
-        artists.append(fig.suptitle(f"glimpse {t + 1}/{T}"))
+        artists.append(fig.suptitle(f"{'frame' if screens is not None else 'glimpse'} "
+                                    f"{t + 1}/{T}"))
         return artists
 
     return fig, frame

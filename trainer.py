@@ -39,10 +39,10 @@ def rollout(net, x, y, l_0, M=1):
     """T glimpses on x (B, ...) from l_0 (M * B, 2) and the hybrid loss against y (B,):
     (Rollout, Losses). With M > 1, M copies of each image, the outputs averaged over the
     copies as in the seed (log-probabilities, log pi and baselines alike)."""
-    B = x.shape[0]
+    B = len(x)
     out = net(x, l_0)
     if M > 1:
-        out = Rollout(*(v.view(M, B, *v.shape[1:]).mean(0) for v in out))
+        out = Rollout(*(v if v is None else v.view(M, B, *v.shape[1:]).mean(0) for v in out))
     return out, loss_terms(out, y)
 
 
@@ -53,7 +53,7 @@ def evaluate(run, net, loader, M, init_loc, device):
     with torch.no_grad():
         for x, y in loader:
             _, losses = run(net, x, y, initial_location(M * len(x), init_loc, device), M)
-            loss_sum += losses.total * len(y)
+            loss_sum += losses.total * len(x)
             correct += losses.R.sum()
     loss_sum, correct = utils.all_sum(loss_sum, correct, device=device)
     n, correct = loader.num_samples, int(correct)
@@ -152,15 +152,11 @@ class Trainer:
                     self.ema.update_parameters(self.model)
 
                 recent.append(loss.detach().clone())  # a CUDA graph's next replay reuses it
-                loss_sum += recent[-1] * len(y)
+                loss_sum += recent[-1] * len(x)
                 correct += losses.R.sum()
-                seen += len(y)
+                seen += len(x)
                 if plot and i == 0 and out.locs.shape[1]:  # a baseline has no glimpses
-                    self.glimpses = (loader.pictures(x[:9]).cpu().numpy(),
-                                     out.locs[:9].detach().cpu().numpy(),
-                                     [loader.classes[k] for k in y[:9].tolist()],
-                                     [loader.classes[k] for k in
-                                      out.log_probas[:9].argmax(1).tolist()])
+                    self.glimpses = loader.glimpses(x, y, out)
                 if (i + 1) % c.print_freq == 0 or seen == loader.local_samples:
                     # checked here, not every batch: reading a GPU's loss stalls it. A loss
                     # gone bad stops training before the epoch ends, so nothing bad is saved

@@ -57,6 +57,8 @@ def model_name(config):
     if dataset == "folder":  # the folder's own name: two datasets never share a checkpoint
         folder = os.path.basename(os.path.normpath(os.path.abspath(config.data_dir)))
         name += "_" + "".join(c if c.isalnum() or c in "-." else "_" for c in folder)
+    elif dataset == "catch":
+        name += f"_catch{config.screen_size}"
     elif dataset != "mnist":
         name += f"_{dataset}{config.canvas_size}"
     if dataset == "cluttered":
