@@ -2,6 +2,7 @@
 
     python main.py --dataset=catch                     # train RAM to play it
     python main.py --dataset=catch --is_train=False    # its catch rate on 10,000 test games
+    python catch.py                                    # the players that need no training
 
 A size x size black screen. A 1-pixel ball starts on the top row at a uniformly random column
 and falls one row a step, moving sideways dx = cos(angle) / cos(45 deg) columns a step (angle
@@ -79,6 +80,11 @@ class Catch:
         return torch.stack(self.trace, 1)
 
 
+def seed_of(key):
+    """A generator's seed from a list of integers (the canvases' way)."""
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
 def starts(n, size, seed):
     """n games' starts (n, 3) float, drawn from seed alone."""
     g = torch.Generator().manual_seed(seed)
@@ -150,8 +156,7 @@ class Episodes:
 
     def set_epoch(self, epoch):
         key = [self.fixed_seed] if self.fixed_seed is not None else [self.seed, epoch, 2]
-        key = int(np.random.SeedSequence(key).generate_state(1)[0])
-        self.start = starts(self.n, self.size, key).to(self.device)
+        self.start = starts(self.n, self.size, seed_of(key)).to(self.device)
 
     def __iter__(self):
         order = torch.arange(self.n, device=self.device)
@@ -234,3 +239,16 @@ def get_test_loader(config, device, batch_size):
     """The 10,000 fixed test games."""
     return Episodes(TEST_GAMES, batch_size, config.screen_size, device,
                     fixed_seed=GAME_SEEDS["test"])
+
+
+def main():
+    """The random and the hand-written players' catch rates on the 10,000 test games."""
+    start = starts(TEST_GAMES, 24, seed_of([GAME_SEEDS["test"]]))
+    for name, policy, g in (("random actions", "random", torch.Generator().manual_seed(1)),
+                            ("chase (sees the whole screen)", chase, None)):
+        caught = int(play_by_hand(policy, start, 24, g).sum())
+        print(f"[*] {name}: {caught}/{TEST_GAMES} ({100 * caught / TEST_GAMES:.2f}%)")
+
+
+if __name__ == "__main__":
+    main()

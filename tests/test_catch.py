@@ -134,6 +134,31 @@ def test_the_hand_written_players():
     assert torch.equal(got, game.reward())
 
 
+def test_python_catch_prints_the_players_rates_on_the_test_games(capsys):
+    """Counted again here: chase by the plain reference, step by step, on the test games."""
+    catch.main()
+    lines = capsys.readouterr().out.splitlines()
+    game = next(iter(catch.get_test_loader(make_config("--dataset=catch"), "cpu", 10000)))[0]
+    caught = 0
+    for column, dx, paddle in zip(game.x.tolist(), game.dx.tolist(), game.paddle.tolist()):
+        x, dx = f32(column), f32(dx)
+        for _ in range(23):
+            offset = min(max(int(np.floor(x + f32(0.5))), 0), 23) - paddle
+            paddle = min(max(paddle + (-1 if offset < 0 else 1 if offset >= 2 else 0), 0), 22)
+            x = f32(x + dx)
+            if x < 0 or x > 23:
+                x, dx = (f32(-x) if x < 0 else f32(f32(46) - x)), f32(-dx)
+        caught += paddle <= min(max(int(np.floor(x + f32(0.5))), 0), 23) <= paddle + 1
+    assert lines[1] == f"[*] chase (sees the whole screen): {caught}/10000 ({caught / 100:.2f}%)"
+    g = torch.Generator().manual_seed(1)
+    actions = [torch.randint(3, (10000,), generator=g) for _ in range(23)]
+    replay = Catch(torch.stack([game.x, game.dx, game.paddle.float()], 1), 24)
+    for a in actions:
+        replay.step(a)
+    caught = int(replay.reward().sum())
+    assert lines[0] == f"[*] random actions: {caught}/10000 ({caught / 100:.2f}%)"
+
+
 def agent(**kw):
     torch.manual_seed(0)
     return RecurrentAttention(ModelConfig(patch_size=2, num_patches=3, core="lstm",
