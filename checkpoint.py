@@ -8,6 +8,7 @@ Every file is written to a temporary file and renamed: a crash leaves the old or
 import json
 import os
 import pickle
+import warnings
 
 import torch
 
@@ -90,7 +91,11 @@ def refuse_to_overwrite(config):
 # ------------------------------------------------------------------------------- reading
 def read(file, device):
     try:
-        ckpt = torch.load(file, map_location=device, weights_only=True)
+        # a broken file can make torch warn (a "pickle of protocol 141") before it raises:
+        # the one line below says all there is to say
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(file, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many kinds for a file that is no checkpoint
         raise UserError(f"{file} is not a readable checkpoint ({type(e).__name__}): "
                         "it is truncated or corrupt") from None
