@@ -114,9 +114,12 @@ class Trainer:
             self.scheduler.step(*([] if c.lr_decay < 1 else [-valid_acc]))
 
             is_best = valid_acc > self.best_valid_acc
-            msg = "train loss: {:.3f} - train acc: {:.3f} - val loss: {:.3f} - val acc: {:.3f}" \
-                  " - val err: {:.3f}".format(train_loss, train_acc, valid_loss, valid_acc,
-                                              100 - valid_acc)
+            msg = "train loss: {:.3f} - train acc: {:.3f}".format(train_loss, train_acc)
+            if self.valid_loader.num_samples:
+                msg += " - val loss: {:.3f} - val acc: {:.3f} - val err: {:.3f}".format(
+                    valid_loss, valid_acc, 100 - valid_acc)
+            else:
+                msg += " (no validation set: the best epoch is the best training accuracy)"
             print(msg + (" [*]" if is_best else ""))
             self.counter = 0 if is_best else self.counter + 1
             self.best_valid_acc = max(valid_acc, self.best_valid_acc)

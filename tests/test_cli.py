@@ -140,6 +140,9 @@ def test_batch_size_one_and_other_glimpse_settings(workdir):
     out = run_main(workdir, "--epochs=1", "--batch_size=1", "--M=1", "--print_freq=50",
                    "--valid_size=0").stdout
     assert "validate on 0 samples" in out and "Epoch: 1/1" in out
+    # the training figures stand in for validation, and are not printed as validation's
+    assert "val acc" not in out and "(no validation set: the best epoch is the best " \
+        "training accuracy)" in out
     out = run_main(workdir, "--epochs=1", "--patch_size=5", "--num_patches=3",
                    "--glimpse_scale=3", "--num_glimpses=3", "--init_loc=center", *TINY).stdout
     assert "Epoch: 1/1" in out
