@@ -274,12 +274,24 @@ def check_split(settings, file, config):
                         "it was trained on")
 
 
+# what a resumed run may change: its length, patience and where and how it runs and reports;
+# every other flag is the run's own (its schedule, batches, noise, model and data)
+RESUME_MAY_CHANGE = {"epochs", "train_patience", "resume", "overwrite", "is_train", "best",
+                     "print_freq", "plot_freq", "use_tensorboard", "show_sample", "logs_dir",
+                     "plot_dir", "ckpt_dir", "data_dir", "num_workers", "in_memory_gb",
+                     "num_threads", "num_runs", "use_gpu", "compile", "init_from", "predict"}
+
+
 def resume(trainer, config, device, rank, world):
     """Everything the next epoch depends on, from this run's latest checkpoint."""
     ckpt, file = load(config, device, best=False)
-    decay = (ckpt.get("params") or {}).get("lr_decay", 1)
-    if decay != config.lr_decay:  # the other schedule's state would not load
-        raise UserError(f"{file} was trained with --lr_decay={decay}: resume with it")
+    trained = ckpt.get("params") or {}
+    differ = [f"--{k}={v} (given {getattr(config, k)})" for k, v in trained.items()
+              if k not in RESUME_MAY_CHANGE and hasattr(config, k) and v != getattr(config, k)]
+    if differ:  # a resumed run goes on as it was, or its record would tell of another run
+        raise UserError(f"{file} was trained with {', '.join(differ)}: a resumed run "
+                        "continues as it was, so resume with those, or start a new run from "
+                        "its weights with --init_from")
     if ckpt["epoch"] >= config.epochs:
         raise UserError(f"the checkpoint has {ckpt['epoch']} epochs and --epochs="
                         f"{config.epochs} is the total: pass a larger --epochs")

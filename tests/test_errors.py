@@ -405,10 +405,18 @@ def test_resuming_past_epochs_is_refused(trained):
     assert snapshot(trained / "ckpt") == before
 
 
-def test_resuming_under_the_other_lr_schedule_is_refused(trained):
+@pytest.mark.parametrize("flags,named", [
+    (["--lr_decay=0.9"], ["--lr_decay=1 (given 0.9)"]),
+    (["--init_lr=1e-3"], ["--init_lr=0.0003 (given 0.001)"]),
+    (["--batch_size=64", "--std=0.2"], ["--batch_size=16 (given 64)", "--std=0.17 (given 0.2)"]),
+])
+def test_resuming_with_other_settings_is_refused_naming_each(trained, flags, named):
+    """A resume continues the run as it was, or refuses: its params json and checkpoints are
+    never rewritten with values the run did not use."""
     before = snapshot(trained / "ckpt")
-    proc = run_main(trained, "--resume=True", "--epochs=2", "--lr_decay=0.9", *TINY, check=False)
-    assert_user_error(proc, "was trained with --lr_decay=1: resume with it")
+    tiny = [f for f in TINY if f.split("=")[0] not in {g.split("=")[0] for g in flags}]
+    proc = run_main(trained, "--resume=True", "--epochs=2", *flags, *tiny, check=False)
+    assert_user_error(proc, *named, "continues as it was")
     assert snapshot(trained / "ckpt") == before
 
 
