@@ -24,6 +24,7 @@ import io
 import os
 import shutil
 import tempfile
+import warnings
 import zlib
 
 import numpy as np
@@ -252,12 +253,11 @@ def load_mnist(data_dir, train):
     """(images (N, 1, 28, 28) uint8, labels (N,) long) from mnist_folder(data_dir)."""
     raw = mnist_folder(data_dir)
     names = MNIST_FILES[train]
-    if any(_find(raw, n) is None for n in names):
-        _download(data_dir)
+    why = _download(data_dir) if any(_find(raw, n) is None for n in names) else None
     missing = [n + ".gz" for n in names if _find(raw, n) is None]
     if missing:
         raise UserError(f"MNIST not found: {', '.join(missing)} missing from "
-                        f"{os.path.abspath(raw)} and the download failed (no network?); "
+                        f"{os.path.abspath(raw)} and the download failed ({why}); "
                         "copy the four official MNIST files there")
     images, labels = (read_idx(_find(raw, n)) for n in names)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
@@ -268,13 +268,26 @@ def load_mnist(data_dir, train):
 
 def _download(data_dir):
     """torchvision's downloader into a temporary folder, moved into <data_dir>/MNIST/raw only
-    when it succeeded: a failed download (no network) leaves no empty folders behind. On
-    failure the caller names the missing files."""
-    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
-        from torchvision import datasets
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
-                io.StringIO()):
-            datasets.MNIST(tmp, train=True, download=True)
+    when it succeeded: a failed download (no network) leaves no empty folders behind. Returns
+    why it failed, for the caller's line naming the missing files (None: it did not)."""
+    try:  # imported here: nothing else needs torchvision, and a broken one must not stop us
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchvision import datasets
+    except ModuleNotFoundError:
+        return "torchvision, which downloads it, is not installed"
+    except Exception as e:  # pip can pair torch with a torchvision built for another torch
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return (f"torchvision cannot be imported: {first}; it was built for another torch "
+                f"than {torch.__version__}: install the pair again, then check it with "
+                "python -c 'import torchvision'")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
+                    io.StringIO()):
+                datasets.MNIST(tmp, train=True, download=True)
+        except Exception as e:  # torchvision tries several mirrors; each fails its own way
+            return f"no network? {type(e).__name__}"
         got = os.path.join(tmp, "MNIST", "raw")
         raw = os.path.join(data_dir, "MNIST", "raw")
         os.makedirs(raw, exist_ok=True)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision import transforms
 
 import data_loader
 from conftest import make_config, make_mnist
@@ -27,13 +26,15 @@ def test_values_and_split_are_the_seeds(tmp_path):
     np.random.seed(1)
     np.random.shuffle(indices)
     assert valid.indices.tolist() == indices[:10] and train.indices.tolist() == indices[10:]
-    # the seed's per-image transforms give the same floats, bit for bit
+    # the seed's per-image transforms give the same floats, bit for bit: ToTensor's float32
+    # / 255 of the PIL image's bytes, then Normalize's float32 tensors subtracted and divided
     raw = data_loader.read_idx(str(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"))
-    seed_t = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,),
-                                                                             (0.3081,))])
+    mean, std = torch.tensor([0.1307]).view(1, 1, 1), torch.tensor([0.3081]).view(1, 1, 1)
     x, y = batches(valid)
     for row, i in enumerate(indices[:10]):
-        assert torch.equal(x[row], seed_t(Image.fromarray(raw[i].numpy(), mode="L")))
+        pixels = np.asarray(Image.fromarray(raw[i].numpy(), mode="L"))
+        seed = torch.from_numpy(pixels.copy()).unsqueeze(0).to(torch.float32).div(255)
+        assert torch.equal(x[row], seed.sub_(mean).div_(std))
 
 
 def test_each_epoch_is_a_new_order_of_every_image(tmp_path):

@@ -366,6 +366,26 @@ def test_missing_mnist_leaves_no_folder_behind(tmp_path):
     assert os.listdir(empty) == []
 
 
+def test_a_broken_torchvision_is_named_for_what_it_is(tmp_path):
+    """A torchvision built for another torch (pip's fallback wheels) fails to import with
+    'operator torchvision::nms does not exist': MNIST missing, the one line says so, and how
+    to check the pair; nothing else needs torchvision, so a present MNIST trains."""
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import warnings\nwarnings.warn('Failed to load image Python extension')\n"
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--epochs=1",
+                           f"--data_dir={empty}", *TINY], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert_user_error(proc, "MNIST not found", "torchvision cannot be imported: operator "
+                      "torchvision::nms does not exist", "python -c 'import torchvision'")
+    assert os.listdir(empty) == []
+
+
 def test_an_interrupted_epoch_leaves_no_pickles(workdir, monkeypatch):
     """The glimpses of an epoch are written with its checkpoint: Ctrl-C during epoch 2's
     validation leaves epoch 1's pickles only."""
