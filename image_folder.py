@@ -56,6 +56,9 @@ def scan(root, split, classes=None):
     if not found:
         raise UserError(f"{folder} has no class folders: put each class's images in "
                         f"{os.path.join(folder, '<class name>')}")
+    if classes is None and len(found) == 1:  # it would learn that everything is that class
+        raise UserError(f"{folder} has one class folder ({found[0]}): a classifier needs two "
+                        "or more")
     if classes is not None and found != list(classes):
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
         raise UserError(f"the classes of {folder} are not the training classes: " + "; ".join(

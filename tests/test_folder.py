@@ -3,6 +3,7 @@ parts against plain references."""
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -243,6 +244,12 @@ def break_sizes(d):
     Image.new("L", (17, 16)).save(d / "train" / "dot" / "wide.png")
 
 
+def break_one_class(d):
+    make_folder(d)
+    for name in ("cross", "dot"):
+        shutil.rmtree(d / "train" / name)
+
+
 def break_test_classes(d):
     make_folder(d)
     os.rename(d / "test" / "dot", d / "test" / "dots")
@@ -250,6 +257,7 @@ def break_test_classes(d):
 
 @pytest.mark.parametrize("damage, flags, words", [
     (break_no_class, (), "d/train has no class folders"),
+    (break_one_class, (), "d/train has one class folder (circle): a classifier needs two or more"),
     (break_empty_class, (), "d/train/dot has no images (png, jpg"),
     (break_corrupt, (), "cannot read image d/train/cross/5.png (UnidentifiedImageError)"),
     (break_truncated, (), "cannot read image d/train/cross/5.png"),
