@@ -37,7 +37,7 @@ class Catch:
     (ball column, ball row, paddle) before each step, for the pictures."""
 
     def __init__(self, start, size):
-        self.size = size
+        self.size, self.start = size, start
         self.x, self.dx = start[:, 0].clone(), start[:, 1].clone()
         self.paddle = start[:, 2].long()
         self.row = 0
@@ -166,6 +166,10 @@ class Episodes:
             order = order[self.rank::self.world]
         for i in range(0, len(order), self.batch_size):
             yield Catch(self.start[order[i:i + self.batch_size]], self.size), None
+
+    def replay(self, game, _):
+        """The first 9 games of a batch, from their starts, to be played again."""
+        return Catch(game.start[:9], self.size), None
 
     def glimpses(self, game, _, out):
         """What the pickles keep of a batch's first 9 games: their screens before each step

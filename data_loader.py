@@ -124,6 +124,10 @@ class Batches:
         mean, std = self.statistics(x.device)
         return x * std + mean
 
+    def replay(self, x, y):
+        """The first 9 of a batch, for the model to look at again after the epoch."""
+        return x[:9], y[:9]
+
     def glimpses(self, x, y, out):
         """What the pickles keep of a batch's first 9 images: the pictures, the glimpses'
         locations, the classes and the predictions."""

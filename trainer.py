@@ -139,6 +139,7 @@ class Trainer:
         loader.set_epoch(epoch)
         plot = c.plot_freq > 0 and epoch % c.plot_freq == 0
         loss_sum = correct = seen = 0
+        shown = None  # the first batch's first images, drawn after the epoch
         recent = []  # the losses since the last look at them, left on the device till then
         tic = time.time()
         with tqdm(total=loader.local_samples, leave=False, disable=not self.bar) as pbar:
@@ -159,7 +160,7 @@ class Trainer:
                 correct += losses.R.sum()
                 seen += len(x)
                 if plot and i == 0 and out.locs.shape[1]:  # a baseline has no glimpses
-                    self.glimpses = loader.glimpses(x, y, out)
+                    shown = loader.replay(x, y)
                 if (i + 1) % c.print_freq == 0 or seen == loader.local_samples:
                     # checked here, not every batch: reading a GPU's loss stalls it. A loss
                     # gone bad stops training before the epoch ends, so nothing bad is saved
@@ -170,8 +171,22 @@ class Trainer:
                     pbar.update(seen - pbar.n)
                     self.log(epoch * loader.num_samples + seen * loader.world,
                              train_loss=avg_loss, train_acc=avg_acc)
+        if shown is not None:
+            self.glimpses = self.picture(loader, *shown, epoch)
         loss_sum, correct, seen = utils.all_sum(loss_sum, correct, seen, device=self.device)
         return loss_sum / seen, 100 * correct / seen
+
+    def picture(self, loader, x, y, epoch):
+        """What the epoch's pickles keep: the model as the checkpoint saves it, after the
+        epoch, looking at x, with noise of its own drawn from the epoch's number, so that
+        drawing leaves every training number as it was."""
+        self.evaluated.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(epoch)
+            out = self.evaluated(x, initial_location(len(x), self.config.init_loc, self.device))
+        self.model.train()
+        return loader.glimpses(x, y, out)
 
     def check_finite(self, recent, epoch, i):
         """Raises Diverged at the first non-finite loss of batches i+1-len(recent)..i."""

@@ -195,3 +195,49 @@ def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights(trainer
                                    torch.device("cpu"), None, None)
     for n, p in tested.named_parameters():
         assert torch.equal(p, ckpt["model_state"][n]), n
+
+
+@pytest.mark.parametrize("game", [False, True])
+def test_an_epochs_picture_is_the_model_after_that_epoch(trainer, game, monkeypatch):
+    """The pickles of epoch 1 show the saved epoch-1 model looking at the epoch's first
+    images (not the model before it trained, as the first batch did), with noise of their own:
+    the same forward on the checkpoint gives the pickled places, classes or actions, and a run
+    that draws nothing trains to the same weights."""
+    import pickle
+    import numpy as np
+    import catch
+    import utils
+    monkeypatch.setattr(catch, "TRAIN_GAMES", 256)
+    monkeypatch.setattr(catch, "VALID_GAMES", 64)
+    flags = ["--plot_freq=1", "--epochs=1"] + (
+        ["--dataset=catch", "--screen_size=6", "--batch_size=64"] if game else [])
+    torch.manual_seed(1)  # as main.py seeds before it builds the model
+    t = trainer(*flags)
+    utils.prepare_dirs(t.plot_dir)
+    t.train()
+    saved = torch.load(checkpoint.path(t.config, best=False), weights_only=True)
+    with open(f"{t.plot_dir}/l_1.p", "rb") as f:
+        locs = np.stack(pickle.load(f), 1)
+    with open(f"{t.plot_dir}/y_1.p", "rb") as f:
+        classes, said = pickle.load(f)
+    model = main.build(t.config, t.train_loader.image_shape, t.train_loader.classes, "cpu")
+    model.load_state_dict(saved["model_state"])
+    model.eval()
+    t.train_loader.set_epoch(0)
+    x, y = t.train_loader.replay(*next(iter(t.train_loader)))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        out = model(x, initial_location(len(x), "random", "cpu"))
+    assert np.array_equal(locs, out.locs.numpy())
+    if game:
+        assert classes == out.actions.tolist()
+        assert said == ["caught" if r else "missed" for r in out.R.tolist()]
+    else:
+        assert said == [t.train_loader.classes[k] for k in out.log_probas.argmax(1).tolist()]
+    # drawing took no number from training's random stream
+    torch.manual_seed(1)
+    quiet = trainer(*flags[1:], "--plot_freq=0", "--ckpt_dir=quiet")
+    quiet.train()
+    other = torch.load(checkpoint.path(quiet.config, best=False), weights_only=True)
+    for k, v in saved["model_state"].items():
+        assert torch.equal(v, other["model_state"][k]), k
