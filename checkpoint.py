@@ -30,6 +30,10 @@ def path(config, best):
     return os.path.join(config.ckpt_dir, utils.model_name(config) + suffix)
 
 
+def history_path(config):
+    return os.path.join(config.ckpt_dir, utils.model_name(config) + "_history.csv")
+
+
 def json_path(config):
     return os.path.join(config.ckpt_dir, utils.model_name(config) + "_params.json")
 
@@ -57,8 +61,20 @@ def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
         utils.save_torch(state, path(config, best=False))
         if is_best:
             utils.save_torch(state, path(config, best=True))
+        save_history(state["history"], history_path(config))
         if glimpses is not None:
             save_glimpses(plot_dir, state["epoch"], *glimpses, utils.settings(config))
+
+
+HISTORY = ("epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")
+
+
+def save_history(rows, file):
+    """<name>_history.csv: the run's epochs so far, as its latest checkpoint holds them (a
+    resumed run's are its checkpoint's, then its own). No validation: its cells are empty."""
+    lines = [",".join(HISTORY)] + [",".join("" if r[k] is None else repr(r[k]) for k in HISTORY)
+                                   for r in rows]
+    utils.atomic_write(file, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def save_glimpses(plot_dir, epoch, imgs, locs, classes, predicted, params):
@@ -304,6 +320,7 @@ def resume(trainer, config, device, rank, world):
         trainer.ema.n_averaged.fill_(ckpt.get("ema_steps", 0))
     trainer.start_epoch, trainer.best_valid_acc = ckpt["epoch"], ckpt["best_valid_acc"]
     trainer.counter = ckpt.get("counter", 0)
+    trainer.history = list(ckpt.get("history", []))
     states = ckpt.get("rng_states") or [ckpt.get("rng_state")]
     if len(states) == world and states[0] is not None:
         utils.set_rng_state(states[rank])

@@ -90,6 +90,7 @@ class Trainer:
         self.run = compiled(rollout, device) if config.compile else rollout
         # -inf, not the seed's 0: a first epoch at 0% must still leave a best checkpoint
         self.start_epoch, self.best_valid_acc, self.counter = 0, -math.inf, 0
+        self.history = []  # a row per epoch, kept in the checkpoint and beside it as a csv
         self.plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
         self.writer = None
         # the first batch's images, locations, classes and predictions, pickled with the epoch
@@ -104,8 +105,8 @@ class Trainer:
         print("\n[*] Train on {} samples, validate on {} samples".format(
             self.train_loader.num_samples, self.valid_loader.num_samples))
         for epoch in range(self.start_epoch, c.epochs):
-            print("\nEpoch: {}/{} - LR: {:.6f}".format(
-                epoch + 1, c.epochs, self.optimizer.param_groups[0]["lr"]))
+            tic, lr = time.time(), self.optimizer.param_groups[0]["lr"]
+            print("\nEpoch: {}/{} - LR: {:.6f}".format(epoch + 1, c.epochs, lr))
             train_loss, train_acc = self.train_one_epoch(epoch)
             if self.valid_loader.num_samples:
                 valid_loss, valid_acc, _ = self.evaluate(self.valid_loader)
@@ -126,6 +127,11 @@ class Trainer:
             # one step axis for both: training images seen
             self.log((epoch + 1) * self.train_loader.num_samples, valid_loss=valid_loss,
                      valid_acc=valid_acc)
+            self.history.append(dict(
+                epoch=epoch + 1, lr=lr, train_loss=float(train_loss), train_acc=float(train_acc),
+                valid_loss=float(valid_loss) if self.valid_loader.num_samples else None,
+                valid_acc=float(valid_acc) if self.valid_loader.num_samples else None,
+                seconds=round(time.time() - tic, 2)))
             self.save(epoch + 1, is_best)
             if self.counter > c.train_patience:
                 print("[!] No improvement in a while, stopping training.")
@@ -223,6 +229,7 @@ class Trainer:
             "counter": self.counter,
             "rng_state": states[0],
             "rng_states": states,
+            "history": self.history,
             "params": utils.settings(self.config),
             "model_args": dataclasses.asdict(self.model.config),
             "data": checkpoint.data_record(self.config, self.train_loader),

@@ -1,12 +1,14 @@
-"""Validation accuracy by epoch, read from what main.py printed.
+"""Validation accuracy by epoch, read from a run's history or from what main.py printed.
 
-    python main.py | tee train.log
-    python plots/learning_curve.py train.log [more.log ...] --out plots/learning_curve.png
+    python plots/learning_curve.py ckpt/ram_6_8x8_2_history.csv --out curve.png
+    python plots/learning_curve.py train.log [more.log ...]     # python main.py | tee train.log
 
-Each log is one curve, labelled with its file name; a log of a resumed run continues the one
-before it when given in order.
+Each file is one curve, labelled with its name. Every run keeps its history beside its
+checkpoints (<ckpt_dir>/<name>_history.csv, a resumed run's included); a log of a resumed run
+continues the one before it when given in order.
 """
 import argparse
+import csv
 import re
 
 import matplotlib
@@ -20,6 +22,11 @@ VALID = re.compile(r"val acc: ([\d.]+)")
 
 
 def read(path):
+    """(epochs, validation accuracies) of a history csv or a printed log."""
+    if str(path).endswith(".csv"):
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r["valid_acc"]]
+        return [int(r["epoch"]) for r in rows], [float(r["valid_acc"]) for r in rows]
     epochs, accs, epoch = [], [], None
     with open(path) as f:
         for line in f:
@@ -33,15 +40,16 @@ def read(path):
     return epochs, accs
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("logs", nargs="+")
     parser.add_argument("--labels", nargs="*", help="one per log (default: the file names)")
     parser.add_argument("--out", default="plots/learning_curve.png")
-    parser.add_argument("--ymin", type=float, default=97, help="lower end of the y axis")
+    parser.add_argument("--ymin", type=float, default=None,
+                        help="lower end of the y axis (default: what the curves need)")
     parser.add_argument("--error", action="store_true",
                         help="validation error on a log scale instead (tasks far apart)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, path in enumerate(args.logs):
         epochs, accs = read(path)
@@ -58,7 +66,7 @@ def main():
         ax.set_ylabel("validation error (%), M=10")
     else:
         ax.set_ylabel("validation accuracy (%), M=10")
-        ax.set_ylim(args.ymin, 100)
+        ax.set_ylim(args.ymin, None)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right" if args.error else "lower right", fontsize=8)
     fig.savefig(args.out, bbox_inches="tight", dpi=100)

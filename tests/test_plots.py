@@ -62,3 +62,39 @@ def test_boxes_are_where_the_retina_cuts():
     on a 4x4 image is column 3, row 0, so a 2x2 patch spans columns 2..3, rows -1..0)."""
     import plot_glimpses
     assert plot_glimpses.boxes((0.5, -1.0), 4, 4, 2, 2, 2) == [(1.5, -1.5, 2), (0.5, -2.5, 4)]
+
+
+def test_every_run_keeps_its_history_exact_across_resume(workdir, tmp_path):
+    """<name>_history.csv beside the checkpoints, by default: each epoch's row holds the
+    figures the epoch's line printed; 1 epoch then --resume=True to 2 gives the rows of 2
+    straight (all but the seconds); learning_curve.py draws it on axes that hold the curve."""
+    import csv
+    import re
+    import matplotlib.pyplot as plt
+    out = run_main(workdir, "--epochs=2", *TINY).stdout
+    with open(workdir / "ckpt" / "ram_6_8x8_2_history.csv") as f:
+        rows = list(csv.DictReader(f))
+    printed = re.findall(r"train loss: ([\d.]+) - train acc: ([\d.]+) - val loss: ([\d.]+) - "
+                         r"val acc: ([\d.]+)", out)
+    lrs = re.findall(r"Epoch: \d+/2 - LR: ([\d.]+)", out)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and len(printed) == 2
+    for row, figures, lr in zip(rows, printed, lrs):
+        got = [float(row[k]) for k in ("train_loss", "train_acc", "valid_loss", "valid_acc")]
+        assert [f"{v:.3f}" for v in got] == list(figures)
+        assert f"{float(row['lr']):.6f}" == lr and float(row["seconds"]) > 0
+    resumed = tmp_path / "resumed"
+    run_main(workdir, "--epochs=1", f"--ckpt_dir={resumed}", *TINY)
+    run_main(workdir, "--epochs=2", f"--ckpt_dir={resumed}", "--resume=True", *TINY)
+    with open(resumed / "ram_6_8x8_2_history.csv") as f:
+        again = list(csv.DictReader(f))
+    for a, b in zip(rows, again):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+            {k: v for k, v in b.items() if k != "seconds"}
+    assert len(again) == 2
+    sys.path.insert(0, os.path.join(ROOT, "plots"))
+    import learning_curve
+    learning_curve.main([str(workdir / "ckpt" / "ram_6_8x8_2_history.csv"),
+                         f"--out={tmp_path / 'curve.png'}"])
+    low, high = plt.gcf().axes[0].get_ylim()
+    accs = [float(r["valid_acc"]) for r in rows]
+    assert low <= min(accs) and max(accs) <= high and os.path.isfile(tmp_path / "curve.png")
