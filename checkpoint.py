@@ -196,7 +196,10 @@ def saved_runs(folder):
         except (OSError, ValueError):
             continue
         if isinstance(settings, dict):
-            found.append((f[:-len("_params.json")], trained_settings({}, settings)))
+            run = trained_settings({}, settings)
+            if run["dataset"] == "folder":  # its name is its folder's: testing reads that one
+                run["data_dir"] = settings.get("data_dir")
+            found.append((f[:-len("_params.json")], run))
     return found
 
 
@@ -225,7 +228,8 @@ def choose(config, best):
     if fits:
         name, settings = fits[0]
         for k, v in settings.items():
-            setattr(config, k, v)
+            if k != "data_dir" or "data_dir" not in getattr(config, "_given", set()):
+                setattr(config, k, v)
         print(f"[*] Using {name}, the run in {config.ckpt_dir} that fits the flags given")
 
 

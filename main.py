@@ -178,6 +178,7 @@ def trained_model(config, device, image_shape, classes):
 
 
 def test(config, device, rank, world):
+    checkpoint.choose(config, config.best)  # the run it announces lends its data too
     loader = dataset(config).get_test_loader(config, device, eval_batch_size(config))
     loader.shard(rank, world, pad=False)
     model, data, valid_acc = trained_model(config, device, loader.image_shape, loader.classes)

@@ -213,6 +213,22 @@ def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, flags, rea
     assert abs(correct - int(readme)) <= 5, out
 
 
+def test_testing_a_folder_of_one_canvas_run_uses_its_canvas(workdir, tmp_path):
+    """A folder holding only the 100x100 cluttered run, tested with --dataset=cluttered: the
+    run announced lends its canvas (100, 8 pieces) to the test set too, which was built at
+    the default 60 first and refused."""
+    import shutil
+    folder = tmp_path / "only100"
+    folder.mkdir()
+    for suffix in ("_model_best.pth.tar", "_params.json"):
+        name = "ram_8_12x12_2_k4_lstm_cluttered100" + suffix
+        shutil.copy(os.path.join(SHIPPED, name), folder / name)
+    out = run_main(workdir, "--is_train=False", f"--ckpt_dir={folder}", "--dataset=cluttered",
+                   *TINY).stdout
+    assert "[*] Using ram_8_12x12_2_k4_lstm_cluttered100, the run in" in out
+    assert re.search(r"\[\*\] Test Acc: \d+/40 \(", out), out
+
+
 def test_the_record_gives_every_shipped_model():
     shipped = {f for f in os.listdir(SHIPPED) if f.endswith("_model_best.pth.tar")}
     assert len(SHIPPED_MODELS) == len(shipped) == 19
