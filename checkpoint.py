@@ -26,6 +26,8 @@ SEED_DATA = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
 
 
 def path(config, best):
+    if getattr(config, "_file", None):  # --ckpt_dir named a checkpoint file itself
+        return config._file
     suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
     return os.path.join(config.ckpt_dir, utils.model_name(config) + suffix)
 
@@ -213,7 +215,16 @@ def choose(config, best):
     """Testing or --predict: the run to use. The flags' own checkpoint, if it is there, as in
     the seed; else the one run in --ckpt_dir that agrees with every network and data flag
     given, whose settings are then taken for the rest (so that the flags needed are only those
-    that tell its runs apart). Sets config's flags to that run's."""
+    that tell its runs apart). Sets config's flags to that run's. A checkpoint file given as
+    --ckpt_dir is the run: its own settings are taken."""
+    if getattr(config, "_file", None):
+        return
+    if os.path.isfile(config.ckpt_dir):
+        ckpt = read(config.ckpt_dir, "cpu")
+        lend(config, trained_settings(ckpt, ckpt.get("params")), ckpt.get("params") or {})
+        config._file = config.ckpt_dir
+        print(f"[*] Using {config.ckpt_dir}, with the settings it was trained with")
+        return
     if os.path.isfile(path(config, best)):
         return
     # --model counts as given (RAM unless a baseline is named, as in training); a network flag
@@ -227,10 +238,19 @@ def choose(config, best):
                         f"{listing(fits, config)}; pass the flags of the one to use")
     if fits:
         name, settings = fits[0]
-        for k, v in settings.items():
-            if k != "data_dir" or "data_dir" not in getattr(config, "_given", set()):
-                setattr(config, k, v)
+        lend(config, settings, settings)
         print(f"[*] Using {name}, the run in {config.ckpt_dir} that fits the flags given")
+
+
+def lend(config, settings, trained):
+    """A chosen run's network and data settings onto config; a folder run's --data_dir too,
+    unless one was given (its name is its folder's)."""
+    for k, v in settings.items():
+        if k != "data_dir":
+            setattr(config, k, v)
+    if settings.get("dataset") == "folder" and trained.get("data_dir") and \
+            "data_dir" not in getattr(config, "_given", set()):
+        config.data_dir = trained["data_dir"]
 
 
 def listing(runs, config):
@@ -244,6 +264,12 @@ def missing(file, config):
     folder = os.path.dirname(file)
     runs = saved_runs(folder)
     held = f"; {folder} holds {listing(runs, config)}" if runs else ""
+    named = {f"{n}{s}" for n, _ in runs for s in ("_model_best.pth.tar", "_ckpt.pth.tar")}
+    loose = sorted(f for f in os.listdir(folder) if f.endswith((".pth.tar", ".pth", ".pt"))
+                   and f not in named) if os.path.isdir(folder) else []
+    if loose:  # a checkpoint renamed or without its json: its path is enough
+        held += (f"; it holds {', '.join(loose)}: pass --ckpt_dir="
+                 f"{os.path.join(folder, loose[0])} to use that file")
     return (f"no checkpoint {file}{held}: train first (python main.py), or pass the flags of "
             "the model to use, and --ckpt_dir if it is elsewhere")
 

@@ -271,6 +271,9 @@ def check(config):
     if config.predict is not None and config.num_runs > 1:
         raise UserError("--predict classifies with one model: pass the run's own folder "
                         "instead of --num_runs (--ckpt_dir=<ckpt_dir>/seed<S> --random_seed=S)")
+    if config.is_train and os.path.isfile(config.ckpt_dir):
+        raise UserError(f"--ckpt_dir={config.ckpt_dir} is a file: training writes to a folder "
+                        "(a checkpoint file is for --is_train=False, or --init_from)")
     if config.predict is not None and config.is_train:
         raise UserError("--predict classifies with a trained model: pass --is_train=False too")
     check_data(config)
@@ -330,10 +333,12 @@ def folders(config):
     beside the checkpoints, so that two runs with the same settings in two folders never share
     their glimpses or logs."""
     beside = os.path.normpath(config.ckpt_dir) != "ckpt"
+    # --ckpt_dir may name a checkpoint file (to test or predict with it): its folder's
+    base = os.path.dirname(config.ckpt_dir) if os.path.isfile(config.ckpt_dir) else \
+        config.ckpt_dir
     for flag, folder in (("plot_dir", "plots"), ("logs_dir", "logs")):
         if getattr(config, flag) is None:
-            setattr(config, flag, os.path.join(config.ckpt_dir, folder) if beside else
-                    f"./{folder}/")
+            setattr(config, flag, os.path.join(base, folder) if beside else f"./{folder}/")
     return config
 
 

@@ -3,6 +3,7 @@ import os
 import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -227,6 +228,36 @@ def test_testing_a_folder_of_one_canvas_run_uses_its_canvas(workdir, tmp_path):
                    *TINY).stdout
     assert "[*] Using ram_8_12x12_2_k4_lstm_cluttered100, the run in" in out
     assert re.search(r"\[\*\] Test Acc: \d+/40 \(", out), out
+
+
+def test_a_checkpoint_file_is_enough_to_test_and_predict(workdir, tmp_path):
+    """A shipped model copied alone and renamed: its path as --ckpt_dir tests it with the
+    settings it holds (the 100x100 canvas too) and classifies an image; the folder alone names
+    the file there and how to use it."""
+    import shutil
+    from PIL import Image
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    digits = lone / "digits.pth.tar"
+    shutil.copy(os.path.join(SHIPPED, "ram_6_8x8_2_model_best.pth.tar"), digits)
+    out = run_main(workdir, "--is_train=False", f"--ckpt_dir={digits}", *TINY).stdout
+    assert f"[*] Using {digits}, with the settings it was trained with" in out
+    assert re.search(r"\[\*\] Test Acc: \d+/40 \(", out), out
+    canvas = lone / "canvas.pth.tar"
+    shutil.copy(os.path.join(SHIPPED, "ram_8_12x12_2_k4_lstm_cluttered100_model_best.pth.tar"),
+                canvas)
+    out = run_main(workdir, "--is_train=False", f"--ckpt_dir={canvas}", *TINY).stdout
+    assert "Images of 1 channel, 100x100" in out and re.search(r"Test Acc: \d+/40 \(", out)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "blank.png")
+    proc = run_main(workdir, "--is_train=False", f"--ckpt_dir={digits}",
+                    f"--predict={tmp_path / 'blank.png'}", "--M=2")
+    assert re.search(r"blank.png\t\d\t[\d.]+", proc.stdout)
+    assert os.path.isfile(lone / "plots" / "ram_6_8x8_2" / "predict.gif")
+    proc = run_main(workdir, "--is_train=False", f"--ckpt_dir={lone}", *TINY, check=False)
+    assert proc.returncode == 1 and "canvas.pth.tar, digits.pth.tar: pass --ckpt_dir=" \
+        f"{canvas} to use that file" in proc.stderr, proc.stderr
+    proc = run_main(workdir, f"--ckpt_dir={digits}", *TINY, check=False)
+    assert proc.returncode == 1 and "is a file: training writes to a folder" in proc.stderr
 
 
 def test_the_record_gives_every_shipped_model():
