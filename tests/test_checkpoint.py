@@ -3,6 +3,7 @@ run in --ckpt_dir that fits the flags given, its settings taken for the rest (ck
 import os
 
 import pytest
+import torch
 
 import checkpoint
 from conftest import ROOT, make_config
@@ -56,3 +57,33 @@ def test_a_flag_that_fits_no_run_names_every_run():
     names = [f[:-len("_params.json")] for f in os.listdir(SHIPPED) if f.endswith(".json")]
     models = [f for f in os.listdir(SHIPPED) if f.endswith("_model_best.pth.tar")]
     assert len(names) == len(models) >= 19 and all(f"{n} (" in str(e.value) for n in names)
+
+
+@pytest.mark.parametrize("task, canvas", [("mnist", None), ("translated", 60),
+                                          ("cluttered60", 60), ("cluttered100", 100)])
+def test_torch_hub_loads_each_shipped_model_from_a_local_clone(task, canvas, tmp_path):
+    """torch.hub.load(<clone>, task, source="local") gives the shipped model, whose answers on a
+    few test images (tiny MNIST digits, on the task's canvas) are those of the model main.py
+    builds from the same file with the same noise."""
+    import main
+    from conftest import make_mnist
+    import data_loader
+    hub = torch.hub.load(ROOT, task, source="local")
+    assert not hub.training and hub.data["classes"] == [str(i) for i in range(10)]
+    flags = [f"--data_dir={make_mnist(str(tmp_path))}", "--is_train=False", "--M=2",
+             f"--ckpt_dir={SHIPPED}"] + (["--dataset=cluttered" if task.startswith("clut")
+                                          else "--dataset=translated",
+                                          f"--canvas_size={canvas}"] if canvas else [])
+    if task == "translated":
+        flags.append("--num_glimpses=8")
+    c = make_config(*flags)
+    checkpoint.choose(c, True)
+    x, _ = next(iter(data_loader.get_test_loader(c, "cpu", 40)))
+    built, _, _ = main.trained_model(c, "cpu", tuple(x.shape[1:]), hub.data["classes"])
+    assert hub.config.network() == built.config.network()
+    answers = []
+    for model in (hub, built):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            answers.append(model(x, torch.rand(2 * len(x), 2) * 2 - 1).log_probas)
+    assert torch.equal(*answers)
