@@ -332,7 +332,8 @@ def folders(config):
     """--plot_dir and --logs_dir where not given: the seed's for the seed's --ckpt_dir, else
     beside the checkpoints, so that two runs with the same settings in two folders never share
     their glimpses or logs."""
-    beside = os.path.normpath(config.ckpt_dir) != "ckpt"
+    # --predict draws with a model, not a run: into ./plots, not the model's folder
+    beside = os.path.normpath(config.ckpt_dir) != "ckpt" and config.predict is None
     # --ckpt_dir may name a checkpoint file (to test or predict with it): its folder's
     base = os.path.dirname(config.ckpt_dir) if os.path.isfile(config.ckpt_dir) else \
         config.ckpt_dir

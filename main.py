@@ -228,7 +228,10 @@ def predict(config, device, world):
                 said.append((f"{os.path.basename(name)}\n{data['classes'][k]} ({prob:.2f})",
                              "black"))
     if glimpses[1].shape[1]:  # a baseline has no glimpses to draw
-        draw_predictions(config, model, glimpses, said[:9])
+        try:
+            draw_predictions(config, model, glimpses, said[:9])
+        except (OSError, UserError) as e:  # the predictions stand without their picture
+            say(f"main.py: warning: the glimpses were not drawn: {e}")
     if unreadable:
         raise UserError(f"{len(unreadable)} of {len(files) + len(unreadable)} images could not "
                         "be read (each named above); the others are classified")

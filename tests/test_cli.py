@@ -252,7 +252,14 @@ def test_a_checkpoint_file_is_enough_to_test_and_predict(workdir, tmp_path):
     proc = run_main(workdir, "--is_train=False", f"--ckpt_dir={digits}",
                     f"--predict={tmp_path / 'blank.png'}", "--M=2")
     assert re.search(r"blank.png\t\d\t[\d.]+", proc.stdout)
-    assert os.path.isfile(lone / "plots" / "ram_6_8x8_2" / "predict.gif")
+    assert os.path.isfile(workdir / "plots" / "ram_6_8x8_2" / "predict.gif")
+    assert sorted(os.listdir(lone)) == ["canvas.pth.tar", "digits.pth.tar"]  # nothing added
+    # a picture that cannot be written is one line; the predictions stand, exit 0
+    (workdir / "blocked").write_text("a file where the picture's folder would be")
+    proc = run_main(workdir, "--is_train=False", f"--ckpt_dir={digits}", "--M=2",
+                    f"--predict={tmp_path / 'blank.png'}", f"--plot_dir={workdir / 'blocked'}")
+    assert re.search(r"blank.png\t\d\t[\d.]+", proc.stdout)
+    assert proc.stderr.count("\n") == 1 and "the glimpses were not drawn" in proc.stderr
     proc = run_main(workdir, "--is_train=False", f"--ckpt_dir={lone}", *TINY, check=False)
     assert proc.returncode == 1 and "canvas.pth.tar, digits.pth.tar: pass --ckpt_dir=" \
         f"{canvas} to use that file" in proc.stderr, proc.stderr
