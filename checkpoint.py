@@ -231,6 +231,8 @@ def choose(config, best):
     # given that a run does not have (--num_glimpses for a convnet) rules it out
     given = getattr(config, "_given", set()) & (set(ModelConfig().network()) | set(DATA_FLAGS))
     given.add("model")
+    if config.model == "ram":  # and its learned policy unless random glimpses are named
+        given.add("random_glimpses")
     fits = [(name, s) for name, s in saved_runs(config.ckpt_dir)
             if all(k in s and s[k] == getattr(config, k) for k in given)]
     if len(fits) > 1:

@@ -49,6 +49,17 @@ def test_a_baseline_is_chosen_only_when_named(capsys):
     assert "[*] Using ram_8_12x12_2_k3_lstm_cluttered60," in capsys.readouterr().out
 
 
+def test_random_glimpses_are_chosen_only_when_named(capsys):
+    """Two cluttered 60x60 runs differ only by their policy: the learned one unless
+    --random_glimpses=True is given (as the README's test lines say)."""
+    for flags, name in (([], "ram_8_12x12_2_k3_lstm_cluttered60"),
+                        (["--random_glimpses=True"], "ram_8_12x12_2_k3_lstm_random_cluttered60")):
+        c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=cluttered",
+                        "--canvas_size=60", *flags)
+        checkpoint.choose(c, best=True)
+        assert f"[*] Using {name}," in capsys.readouterr().out
+
+
 def test_a_flag_that_fits_no_run_names_every_run():
     c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--num_glimpses=9")
     checkpoint.choose(c, best=True)
