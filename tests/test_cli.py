@@ -73,7 +73,8 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     dataset = flags[0].split("=")[1]
     assert ckpt["data"] == {"dataset": dataset, "canvas_size": 40, "clutter_size": 8 if
                             dataset == "translated" else 6, "image_size": None,
-                            "num_clutter": 0 if dataset == "translated" else 4,
+                            "screen_size": None, "num_clutter": 0 if dataset == "translated"
+                            else 4,
                             "normalisation": [0.0, 1.0], "image_shape": [1, 40, 40],
                             "classes": [str(i) for i in range(10)]}
     assert ckpt["model_args"]["patch_size"] == 12 and ckpt["model_args"]["num_patches"] == 2

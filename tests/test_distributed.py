@@ -43,6 +43,7 @@ def test_torchrun_trains_resumes_exactly_and_tests_in_one_process(workdir, tmp_p
         "all" in out
     assert out.count("Epoch: 1/1") == 1  # rank 0 alone prints
     assert sorted(os.listdir(workdir / "ckpt")) == [f"{NAME}_ckpt.pth.tar",
+                                                   f"{NAME}_history.csv",
                                                    f"{NAME}_model_best.pth.tar",
                                                    f"{NAME}_params.json"]
     ckpt = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)

@@ -141,10 +141,6 @@ def test_colour_non_square_streamed_with_its_own_valid_folder(tmp_path):
     assert any(np.abs(g[0] - xi).max() < 1e-6 for xi in x)
     out = run_main(tmp_path, "--is_train=False", *flags).stdout
     assert re.search(r"\[\*\] Test Acc: \d+/18 \(", out)
-    # the run announced is the run used, on its own folder: --data_dir need not be given
-    out = run_main(tmp_path, "--is_train=False", "--dataset=folder", *TINY).stdout
-    assert f"[*] Using {name}, the run in ./ckpt that fits the flags given" in out
-    assert re.search(r"\[\*\] Test Acc: \d+/18 \(", out)
     proc = run_main(tmp_path, "--is_train=False", "--predict=flags/test/cross", *flags)
     assert sum("\t" in ln for ln in proc.stdout.splitlines()) == 6
 
