@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from data_loader import Shards
 from utils import UserError
 
 ACTIONS = ("left", "stay", "right")  # action a moves the paddle a - 1 columns
@@ -33,11 +34,12 @@ class Catch:
     """B games of Catch, stepped together: no Python loop over the games.
 
     start (B, 3) float: each game's ball column, dx and the paddle's left column. The ball's
-    position is a float (x, row); the paddle's left column a long in 0..size-2. trace keeps
-    (ball column, ball row, paddle) before each step, for the pictures."""
+    position is a float (x, row); the paddle's left column a long in 0..size-2. With record,
+    trace keeps (ball column, ball row, paddle) before each step, for the pictures (training
+    games skip it)."""
 
-    def __init__(self, start, size):
-        self.size, self.start = size, start
+    def __init__(self, start, size, record=False):
+        self.size, self.start, self.record = size, start, record
         self.x, self.dx = start[:, 0].clone(), start[:, 1].clone()
         self.paddle = start[:, 2].long()
         self.row = 0
@@ -61,8 +63,9 @@ class Catch:
 
     def step(self, a):
         """Moves the paddle by a - 1 (a (B,) long in 0, 1, 2), then the ball one row."""
-        self.trace.append(torch.stack([self.column(), torch.full_like(self.paddle, self.row),
-                                       self.paddle], 1))
+        if self.record:
+            self.trace.append(torch.stack([self.column(), torch.full_like(self.paddle, self.row),
+                                           self.paddle], 1))
         self.paddle = (self.paddle + a - 1).clamp_(0, self.size - PADDLE)
         x, wall = self.x + self.dx, self.size - 1
         bounced = (x < 0) | (x > wall)
@@ -114,7 +117,7 @@ def play_by_hand(policy, start, size, generator=None):
     return game.reward()
 
 
-class Episodes:
+class Episodes(Shards):
     """Batches of games: (Catch, None) each, the Batches interface of data_loader.py.
 
     Training draws num_samples new games each epoch from (seed, epoch); with fixed_seed the
@@ -128,7 +131,6 @@ class Episodes:
     def __init__(self, num_samples, batch_size, size, device, seed=0, fixed_seed=None):
         self.n, self.batch_size, self.size, self.device = num_samples, batch_size, size, device
         self.seed, self.fixed_seed = seed, fixed_seed
-        self.rank, self.world, self.pad = 0, 1, False
         self.set_epoch(0)
 
     @property
@@ -136,40 +138,21 @@ class Episodes:
         return self.n
 
     @property
-    def num_classes(self):
-        return len(self.classes)
-
-    @property
     def image_shape(self):
         return (1, self.size, self.size)
-
-    def shard(self, rank, world, pad):
-        self.rank, self.world, self.pad = rank, world, pad
-
-    @property
-    def local_samples(self):
-        n = self.n
-        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
-
-    def __len__(self):
-        return -(-self.local_samples // self.batch_size)
 
     def set_epoch(self, epoch):
         key = [self.fixed_seed] if self.fixed_seed is not None else [self.seed, epoch, 2]
         self.start = starts(self.n, self.size, seed_of(key)).to(self.device)
 
     def __iter__(self):
-        order = torch.arange(self.n, device=self.device)
-        if self.world > 1:
-            if self.pad:
-                order = torch.cat([order, order[:-self.n % self.world]])
-            order = order[self.rank::self.world]
+        order = self.share(torch.arange(self.n, device=self.device))
         for i in range(0, len(order), self.batch_size):
             yield Catch(self.start[order[i:i + self.batch_size]], self.size), None
 
     def replay(self, game, _):
         """The first 9 games of a batch, from their starts, to be played again."""
-        return Catch(game.start[:9], self.size), None
+        return Catch(game.start[:9], self.size, record=True), None
 
     def glimpses(self, game, _, out):
         """What the pickles keep of a batch's first 9 games: their screens before each step

@@ -44,7 +44,42 @@ CANVAS_SEEDS = {"valid": 1406_6247, "test": 2014_1206}  # fixed: everyone's test
 DIGIT = 28
 
 
-class Batches:
+class Shards:
+    """An epoch of num_samples items in batches; under torchrun each process serves its shard
+    (shard()). Subclasses give num_samples and batch_size."""
+    rank, world, pad = 0, 1, False
+    classes = [str(i) for i in range(10)]  # class k's name (the digits for MNIST)
+
+    def shard(self, rank, world, pad):
+        """Serve only process rank's share of world, as DistributedSampler does: the epoch's
+        order (the same on every process), strided. pad (training): the order wraps around to
+        a multiple of world, so that every process runs the same number of batches (a few
+        items twice an epoch); without (evaluation): every item exactly once."""
+        self.rank, self.world, self.pad = rank, world, pad
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    @property
+    def local_samples(self):
+        """How many items this process serves an epoch."""
+        n = self.num_samples
+        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
+
+    def __len__(self):
+        return -(-self.local_samples // self.batch_size)
+
+    def share(self, order):
+        """This process's part of the epoch's order of positions."""
+        if self.world > 1:
+            if self.pad:
+                order = torch.cat([order, order[:-len(order) % self.world]])
+            order = order[self.rank::self.world]
+        return order
+
+
+class Batches(Shards):
     """(x, y) batches: x float (b, C, H, W) normalised, y long (b,), over images[indices].
 
     Reshuffled each epoch when shuffle is set; the order of epoch e depends on (seed, e) alone,
@@ -57,20 +92,7 @@ class Batches:
         self.indices = torch.as_tensor(indices, dtype=torch.long, device=images.device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.normalisation = normalisation
-        self.classes = [str(i) for i in range(10)]  # class k's name (the digits for MNIST)
         self.epoch = 0
-        self.rank, self.world, self.pad = 0, 1, False
-
-    def shard(self, rank, world, pad):
-        """Serve only process rank's share of world, as DistributedSampler does: the epoch's
-        order (the same on every process), strided. pad (training): the order wraps around to
-        a multiple of world, so that every process runs the same number of batches (a few
-        images twice an epoch); without (evaluation): every image exactly once."""
-        self.rank, self.world, self.pad = rank, world, pad
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
 
     @property
     def num_samples(self):
@@ -84,26 +106,13 @@ class Batches:
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    @property
-    def local_samples(self):
-        """How many images this process serves an epoch."""
-        n = self.num_samples
-        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
-
-    def __len__(self):
-        return -(-self.local_samples // self.batch_size)
-
     def order(self):
         """This process's positions in the split for this epoch, in the order served."""
         order = torch.arange(self.num_samples, device=self.indices.device)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(len(order), generator=g).to(order.device)
-        if self.world > 1:
-            if self.pad:
-                order = torch.cat([order, order[:-len(order) % self.world]])
-            order = order[self.rank::self.world]
-        return order
+        return self.share(order)
 
     def __iter__(self):
         order = self.order()

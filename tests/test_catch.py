@@ -38,7 +38,7 @@ def test_the_game_follows_a_plain_reference(size):
     n = 300
     start = starts(n, size, seed=size)
     actions = torch.randint(3, (n, size - 1), generator=torch.Generator().manual_seed(1))
-    game = Catch(start, size)
+    game = Catch(start, size, record=True)
     for t in range(game.steps):
         game.step(actions[:, t])
     got_trace, got_reward = game.history().tolist(), game.reward().tolist()
