@@ -188,21 +188,11 @@ def test(config, device, rank, world):
     metric = getattr(loader, "metric", "Acc")
     print("[*] Test {}: {}/{} ({:.2f}%)".format(metric, correct, loader.num_samples, acc))
     if model.config.control:  # the rate while training samples its actions, as ports report
-        with sampling(model):
-            _, acc_s, correct_s = evaluate(run, model, loader, config.M, config.init_loc, device)
+        model.greedy = False
+        _, acc_s, correct_s = evaluate(run, model, loader, config.M, config.init_loc, device)
         print("[*] Test {}, actions sampled: {}/{} ({:.2f}%)".format(
             metric, correct_s, loader.num_samples, acc_s))
     return correct, loader.num_samples, valid_acc
-
-
-@contextlib.contextmanager
-def sampling(model):
-    """A game's actions sampled from the policy, as in training, not the most likely."""
-    model.greedy = False
-    try:
-        yield
-    finally:
-        model.greedy = None
 
 
 def predict(config, device, world):
