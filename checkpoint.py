@@ -68,14 +68,12 @@ def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
             save_glimpses(plot_dir, state["epoch"], *glimpses, utils.settings(config))
 
 
-HISTORY = ("epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")
-
-
 def save_history(rows, file):
     """<name>_history.csv: the run's epochs so far, as its latest checkpoint holds them (a
     resumed run's are its checkpoint's, then its own). No validation: its cells are empty."""
-    lines = [",".join(HISTORY)] + [",".join("" if r[k] is None else repr(r[k]) for k in HISTORY)
-                                   for r in rows]
+    keys = ("epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")
+    lines = [",".join(keys)] + [",".join("" if r[k] is None else repr(r[k]) for k in keys)
+                                for r in rows]
     utils.atomic_write(file, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
