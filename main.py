@@ -95,7 +95,7 @@ def train(config, device, rank, world):
         torch.manual_seed(config.random_seed + 7919 * rank)
     net = data_parallel(model, train_loader, valid_loader, device, rank, world)
     trainer = Trainer(config, model, train_loader, valid_loader, device, net, master=rank == 0,
-                      bar=speaks)
+                      bar=speaks, quarters=one_of_runs)
     if config.resume:
         checkpoint.resume(trainer, config, device, rank, world)
     elif config.init_from:  # fine-tuning, a warm restart: the weights alone, before any folder
@@ -143,8 +143,8 @@ def train_runs(config):
 def run_one(config):
     """One of --num_runs' runs, in its own process: main() on it, as on a single run; its
     Ctrl-C and errors are said once, for all the runs, by the process that started them."""
-    global speaks
-    speaks = False
+    global speaks, one_of_runs
+    speaks, one_of_runs = False, True
     signal.signal(signal.SIGTERM, on_sigterm)
     main(config)
 
@@ -298,6 +298,7 @@ def finish():
 
 
 speaks = True  # under torchrun, rank 0 alone (set at start-up)
+one_of_runs = False  # a --num_runs run's process: its progress in lines, not a bar
 
 
 def say(message):

@@ -72,18 +72,19 @@ def check_memory(n):
 
 
 class Prefixed:
-    """A text stream that starts each line with prefix: the runs share one terminal."""
+    """A text stream that starts each line with prefix: the runs share one terminal. Whole
+    lines only, each in one write: print() writes its text and its newline apart, and another
+    run's line written between them would end up inside this one's."""
 
     def __init__(self, stream, prefix):
-        self.stream, self.prefix, self.at_start = stream, prefix, True
+        self.stream, self.prefix, self.pending = stream, prefix, ""
 
     def write(self, text):
-        out = []
-        for line in text.splitlines(keepends=True):
-            out.append(self.prefix + line if self.at_start and line.strip() else line)
-            self.at_start = line.endswith("\n")
-        self.stream.write("".join(out))
-        self.stream.flush()
+        *lines, self.pending = (self.pending + text).split("\n")
+        if lines:
+            self.stream.write("".join(self.prefix * bool(line.strip()) + line + "\n"
+                                      for line in lines))
+            self.stream.flush()
         return len(text)
 
     def flush(self):

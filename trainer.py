@@ -63,12 +63,15 @@ def evaluate(run, net, loader, M, init_loc, device):
 class Trainer:
     """Adam on the hybrid loss, the seed's LR schedule and early stopping, one checkpoint an
     epoch. net: what the gradient flows through (DDP's wrapper of model under torchrun);
-    master: whether this process writes; bar: whether it shows a progress bar (master's)."""
+    master: whether this process writes; bar: whether it shows a progress bar (master's);
+    quarters: a line at each quarter of an epoch instead (a --num_runs run's: several runs'
+    bars cannot share a terminal, and lines read as well in a log)."""
 
     def __init__(self, config, model, train_loader, valid_loader, device, net=None,
-                 master=True, bar=None):
+                 master=True, bar=None, quarters=False):
         self.config, self.model, self.device, self.master = config, model, device, master
         self.bar = master if bar is None else bar
+        self.quarters = quarters
         self.train_loader, self.valid_loader = train_loader, valid_loader
         self.net = net or model
         self.optimizer = utils.adam(model.parameters(), config.init_lr, device)
@@ -144,7 +147,7 @@ class Trainer:
         self.model.train()
         loader.set_epoch(epoch)
         plot = c.plot_freq > 0 and epoch % c.plot_freq == 0
-        loss_sum = correct = seen = 0
+        loss_sum = correct = seen = said = 0  # said: the quarters of the epoch told so far
         shown = None  # the first batch's first images, drawn after the epoch
         recent = []  # the losses since the last look at them, left on the device till then
         tic = time.time()
@@ -167,14 +170,20 @@ class Trainer:
                 seen += len(x)
                 if plot and i == 0 and out.locs.shape[1]:  # a baseline has no glimpses
                     shown = loader.replay(x, y)
-                if (i + 1) % c.print_freq == 0 or seen == loader.local_samples:
+                n = loader.local_samples
+                quarter = 4 * seen // n if self.quarters and seen < n else said
+                if (i + 1) % c.print_freq == 0 or seen == n or quarter > said:
                     # checked here, not every batch: reading a GPU's loss stalls it. A loss
                     # gone bad stops training before the epoch ends, so nothing bad is saved
                     self.check_finite(recent, epoch, i)
                     avg_loss, avg_acc = loss_sum.item() / seen, 100 * correct.item() / seen
-                    pbar.set_description("{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
-                        time.time() - tic, avg_loss, avg_acc))
+                    figures = "{:.1f}s - loss: {:.3f} - acc: {:.3f}".format(
+                        time.time() - tic, avg_loss, avg_acc)
+                    pbar.set_description(figures)
                     pbar.update(seen - pbar.n)
+                    if quarter > said:
+                        said = quarter
+                        print(f"{100 * seen // n}% of epoch {epoch + 1}: {seen}/{n} - {figures}")
                     self.log(epoch * loader.num_samples + seen * loader.world,
                              train_loss=avg_loss, train_acc=avg_acc)
         if shown is not None:

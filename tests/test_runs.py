@@ -2,6 +2,7 @@
 resume exactly; the summary lines; one line for a mistake common to all runs; a kill stops all."""
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,9 +51,11 @@ def test_each_line_of_a_run_starts_with_its_prefix():
     p = runs.Prefixed(out, "[seed 2] ")
     p.write("\nEpoch: 1/2")
     p.write(" - LR: 0.1\ntrain loss: 1\nval")
-    p.write(" acc\n")
-    assert out.getvalue() == "\n[seed 2] Epoch: 1/2 - LR: 0.1\n[seed 2] train loss: 1\n" \
-        "[seed 2] val acc\n"
+    assert out.getvalue() == "\n[seed 2] Epoch: 1/2 - LR: 0.1\n[seed 2] train loss: 1\n"
+    p.write(" acc")  # a line is written whole: another run's cannot land inside it
+    assert out.getvalue().endswith("train loss: 1\n")
+    p.write("\n")
+    assert out.getvalue().endswith("[seed 2] train loss: 1\n[seed 2] val acc\n")
 
 
 def test_mean_and_sd_are_the_sample_ones():
@@ -86,7 +89,19 @@ def test_runs_are_single_runs_and_resume_exactly(workdir):
     run_main(workdir, "--num_runs=2", "--epochs=1", *flags)
     out = run_main(workdir, "--num_runs=2", "--epochs=2", "--resume=True", *flags).stdout
     assert "[seed 1] Epoch: 2/2" in out and "Epoch: 1/2" not in out
-    run_main(workdir, "--random_seed=2", "--epochs=2", "--ckpt_dir=single", *flags)
+    single = run_main(workdir, "--random_seed=2", "--epochs=2", "--ckpt_dir=single", *flags,
+                      "--print_freq=1")  # its bar then shows every batch's figures
+    # each run's progress: a line at each quarter of the epoch (90 images, batches of 16),
+    # with figures the single run's bar showed
+    for seen in (32, 48, 80):
+        lines = [line for line in out.splitlines() if f" of epoch 2: {seen}/90 - " in line]
+        assert sorted(line.split("]")[0] for line in lines) == ["[seed 1", "[seed 2"]
+        assert all(f"] {100 * seen // 90}% of epoch 2" in line for line in lines)
+        seed2 = next(line for line in lines if line.startswith("[seed 2]"))
+        figures = re.search(r"loss: [0-9.]+ - acc: ([0-9.]+)$", seed2)
+        assert figures[0] in single.stderr  # the bar's description, at some point
+        assert float(figures[1]) * seen / 100 == pytest.approx(
+            round(float(figures[1]) * seen / 100), abs=1e-3)  # k right of the seen
     assert_same_run(states(workdir / "ckpt" / "seed2"), states(workdir / "single"))
     assert (workdir / "plots" / "seed2" / NAME / "l_2.p").read_bytes() == \
         (workdir / "single" / "plots" / NAME / "l_2.p").read_bytes()
