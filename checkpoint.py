@@ -229,10 +229,11 @@ def choose(config, best):
     # given that a run does not have (--num_glimpses for a convnet) rules it out
     given = getattr(config, "_given", set()) & (set(ModelConfig().network()) | set(DATA_FLAGS))
     given.add("model")
-    if config.model == "ram":  # and its learned policy unless random glimpses are named
-        given.add("random_glimpses")
+    if config.model == "ram":  # and its learned policy and retina unless others are named
+        given.update(("random_glimpses", "full_screen"))
+    unsaid = {"full_screen": False}  # what a run saved before the flag existed ran with
     fits = [(name, s) for name, s in saved_runs(config.ckpt_dir)
-            if all(k in s and s[k] == getattr(config, k) for k in given)]
+            if all(s.get(k, unsaid.get(k, ())) == getattr(config, k) for k in given)]
     if len(fits) > 1:
         raise UserError(f"{config.ckpt_dir} holds {len(fits)} runs that fit these flags: "
                         f"{listing(fits, config)}; pass the flags of the one to use")

@@ -101,6 +101,10 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                                help="RAM glimpses at uniformly random places instead of where "
                                     "its policy says (the paper's \"random glimpses\" rows): "
                                     "what the learned policy is worth")
+    reinforce_arg.add_argument("--full_screen", type=str2bool, default=False,
+                               help="RAM sees the whole image at every step instead of its "
+                                    "glimpse (the paper's full-screen agent for Catch): what the "
+                                    "retina saves")
     reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="random",
                                help="first glimpse location: uniform in [-1, 1]^2 (the seed) "
                                     "or the image centre")
@@ -254,8 +258,9 @@ def check(config):
     if not config.init_lr > 0:
         raise UserError(f"--init_lr must be positive, got {config.init_lr}")
     if config.model != "ram":  # deterministic: one run per image
-        if config.random_glimpses:
-            raise UserError(f"--random_glimpses is RAM's: --model={config.model} has no glimpses")
+        for flag in ("random_glimpses", "full_screen"):
+            if getattr(config, flag):
+                raise UserError(f"--{flag} is RAM's: --model={config.model} has no glimpses")
         config.M = 1
     elif config.hidden_size != config.glimpse_hidden + config.loc_hidden:
         raise UserError(f"--hidden_size ({config.hidden_size}) must equal --glimpse_hidden + "

@@ -192,6 +192,11 @@ def test(config, device, rank, world):
         _, acc_s, correct_s = evaluate(run, model, loader, config.M, config.init_loc, device)
         print("[*] Test {}, actions sampled: {}/{} ({:.2f}%)".format(
             metric, correct_s, loader.num_samples, acc_s))
+        if not model.config.full_screen:
+            held, frames = utils.all_sum(*loader.tracked(model, lambda n: initial_location(
+                n, config.init_loc, device)), device=device)
+            print(f"[*] Ball in the smallest patch: {held:.0f}/{frames:.0f} frames "
+                  f"({100 * held / frames:.2f}%)")
     return correct, loader.num_samples, valid_acc
 
 

@@ -44,6 +44,7 @@ class ModelConfig:
     core: str = "rnn"  # rnn: the paper's rectifier core; lstm
     std: float = 0.17  # the location policy's standard deviation
     random_glimpses: bool = False  # l_1.. uniform at random, not the policy's (the paper's row)
+    full_screen: bool = False  # the whole image every step instead of the retina's glimpse
     autograd: bool = False  # the glimpse loop under autograd, not its written-out derivative
     model: str = "ram"  # or a baseline of baselines.py (fc, convnet)
     height: int = 28  # the images' size: the baselines' first layer depends on it
@@ -84,12 +85,13 @@ class RecurrentAttention(nn.Module):
         self.autograd = c.autograd or c.core != "rnn"
         self.hidden_size = c.hidden_size
         self.sensor = GlimpseNetwork(h_g=c.glimpse_hidden, h_l=c.loc_hidden, g=c.patch_size,
-                                     k=c.num_patches, s=c.glimpse_scale, c=c.channels)
+                                     k=c.num_patches, s=c.glimpse_scale, c=c.channels,
+                                     full_screen=(c.height, c.width) if c.full_screen else None)
         core = CoreNetwork if c.core == "rnn" else LSTMCore
         self.rnn = core(c.glimpse_hidden + c.loc_hidden, c.hidden_size)
         self.locator = LocationNetwork(c.hidden_size, 2, c.std)
         self.classifier = ActionNetwork(c.hidden_size, c.num_classes)
-        self.baseliner = BaselineNetwork(c.hidden_size, 1)
+        self.baseliner = BaselineNetwork(c.hidden_size, 1, critic=c.control)
         self.greedy = None  # a game's actions: None, the most likely in eval mode only
 
     def forward(self, x, l_0, num_glimpses=None, eps=None):
@@ -253,16 +255,32 @@ def compiled(fn, device):
     return torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
 
 
+# a game's loss (see loss_terms): the advantage's lambda, the action policy's entropy bonus
+GAE_LAMBDA, ENTROPY_BONUS = 0.95, 0.02
+
+
 class Losses(NamedTuple):
     action: torch.Tensor  # NLL of the classifier after the last glimpse
     baseline: torch.Tensor  # MSE of b_t against R
-    reinforce: torch.Tensor  # mean over the batch of sum_t -log pi(l_t) * (R - b_t)
-    R: torch.Tensor  # (B,) reward: 1.0 where the classification is right
+    reinforce: torch.Tensor  # mean over the batch of sum_t -log pi_t * A_t
+    R: torch.Tensor  # (B,) reward: 1.0 where the classification is right, or the game's
+    entropy: Optional[torch.Tensor] = None  # a game's: the action policy's mean entropy
 
     @property
     def total(self):
-        """The hybrid loss, weighted as in the seed."""
-        return self.action + self.baseline + 0.01 * self.reinforce
+        """The hybrid loss, weighted as in the seed; a game's as an actor-critic's."""
+        if self.entropy is None:
+            return self.action + self.baseline + 0.01 * self.reinforce
+        return self.reinforce + 0.5 * self.baseline - ENTROPY_BONUS * self.entropy
+
+
+def advantages(b, R, lam):
+    """GAE(lam) of baselines b (B, T) and final rewards R (B,), undiscounted: A_t = sum_k
+    lam^k delta_{t+k}, delta_t = b_{t+1} - b_t with b_{T+1} = R. lam = 1 gives R - b_t."""
+    delta = torch.cat([b[:, 1:], R.unsqueeze(1)], 1) - b
+    steps = torch.arange(b.shape[1], device=b.device, dtype=b.dtype)
+    ahead = steps.unsqueeze(1) - steps  # [k, t] = k - t
+    return delta @ torch.where(ahead >= 0, lam ** ahead.clamp(min=0), 0.0)
 
 
 def loss_terms(out, y):
@@ -270,9 +288,12 @@ def loss_terms(out, y):
 
     R = 1 for a right classification after the last glimpse, else 0, at every step; the
     baseline b_t is detached in the REINFORCE term, so that term trains the policy alone.
-    A game's rollout brings its own R, and no labels: its actions are the policy's, their
-    log pi already in log_pi, so REINFORCE trains them with the locations, and there is no
-    supervised term.
+
+    A game's rollout brings its own R, and no labels: no supervised term, and the loss of an
+    actor-critic. Its actions are the policy's, their log pi already in log_pi, so REINFORCE
+    trains them with the locations, on the advantage GAE(0.95) of the critic b_t (lower
+    variance than R - b_t, which lambda = 1 gives), with a bonus for the actions' entropy
+    (a policy certain too soon stops exploring); b_t is fitted to R as the classifiers' is.
     """
     if out.R is None:
         R = (out.log_probas.argmax(1) == y).float()
@@ -282,5 +303,10 @@ def loss_terms(out, y):
     R_t = R.unsqueeze(1).expand_as(out.b)
     # a baseline network (no glimpses, no b_t) leaves the classifier's loss alone
     baseline = F.mse_loss(out.b, R_t) if out.b.numel() else out.b.sum()
-    reinforce = (-out.log_pi * (R_t - out.b.detach())).sum(1).mean()
-    return Losses(action, baseline, reinforce, R)
+    if out.R is None:
+        reinforce = (-out.log_pi * (R_t - out.b.detach())).sum(1).mean()
+        return Losses(action, baseline, reinforce, R)
+    A = advantages(out.b.detach(), R, GAE_LAMBDA)
+    reinforce = (-out.log_pi * A).sum(1).mean()
+    entropy = -(out.log_probas.exp() * out.log_probas).sum(-1).mean()
+    return Losses(action, baseline, reinforce, R, entropy)

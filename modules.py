@@ -121,13 +121,30 @@ class Retina:
         return self.glimpse(self.prepare(x, prepool), l)
 
 
+class FullScreen:
+    """A sensor that sees the whole image at every step, wherever l points: the full-screen
+    agent's (rho(x_t, l) = x_t), to measure what the retina saves. Retina's interface."""
+
+    def prepare(self, x, prepool=False):
+        return x.flatten(1)
+
+    def glimpse(self, prepared, l):
+        """phi (N, C*H*W): row r sees image r % B, as Retina.glimpse."""
+        return prepared.repeat(len(l) // len(prepared), 1)
+
+    def foveate(self, x, l, prepool=False):
+        return x.flatten(1)
+
+
 class GlimpseNetwork(nn.Module):
     """Eq. glimpse network: g_t = relu(fc3(relu(fc1(phi))) + fc4(relu(fc2(l_{t-1}))))."""
 
-    def __init__(self, h_g, h_l, g, k, s, c):
+    def __init__(self, h_g, h_l, g, k, s, c, full_screen=None):
         super().__init__()
-        self.retina = Retina(g, k, s)
-        self.fc1 = nn.Linear(k * g * g * c, h_g)  # phi -> what
+        # full_screen (H, W): the FullScreen sensor on images of that size instead of the retina
+        self.retina = FullScreen() if full_screen else Retina(g, k, s)
+        phi_size = c * full_screen[0] * full_screen[1] if full_screen else k * g * g * c
+        self.fc1 = nn.Linear(phi_size, h_g)  # phi -> what
         self.fc2 = nn.Linear(2, h_l)  # l -> where
         self.fc3 = nn.Linear(h_g, h_g + h_l)
         self.fc4 = nn.Linear(h_l, h_g + h_l)
@@ -269,14 +286,18 @@ class ActionNetwork(nn.Module):
 
 
 class BaselineNetwork(nn.Module):
-    """Eq. baseline b_t = fc(h_t), fitted to R by MSE; reads h_t detached so it trains alone."""
+    """Eq. baseline b_t = fc(h_t), fitted to R by MSE; reads h_t detached so it trains alone.
+    A game's (critic=True) reads h_t whole: fitting the chance of a catch then shapes the core's
+    features, as an actor-critic's value does, a signal far richer than the reward's."""
 
-    def __init__(self, input_size, output_size):
+    def __init__(self, input_size, output_size, critic=False):
         super().__init__()
         self.fc = nn.Linear(input_size, output_size)
+        self.critic = critic
 
     def forward(self, h_t):
-        return self.fc(h_t.detach()).squeeze(-1)  # squeeze(-1), not squeeze(): B may be 1
+        # squeeze(-1), not squeeze(): B may be 1
+        return self.fc(h_t if self.critic else h_t.detach()).squeeze(-1)
 
 
 def relu_grad(dy, y):

@@ -51,6 +51,8 @@ def model_name(config):
             name += f"_{config.core}"
         if getattr(config, "random_glimpses", False):
             name += "_random"
+        if getattr(config, "full_screen", False):
+            name += "_full"
     else:
         name = f"fc{config.hidden_size}" if model == "fc" else model
     dataset = getattr(config, "dataset", "mnist")

@@ -1,5 +1,6 @@
 """Catch: the game against a plain per-game reference, its seeded episodes, the agent's loss
-(the actions trained by REINFORCE alone), its flags, and the CLI as a user runs it."""
+(the actions trained by REINFORCE alone, on the critic's advantage), the tracking figure, the
+full-screen agent, its flags, and the CLI as a user runs it."""
 import math
 import os
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 import catch
+import model
+from baselines import multiply_adds
 from catch import Catch, Episodes, chase, play_by_hand, starts
 from conftest import make_config, run_main
 from model import ModelConfig, RecurrentAttention, loss_terms
@@ -69,6 +72,63 @@ def test_a_frame_shows_the_ball_and_the_paddle_and_nothing_else():
             expected[i, size - 1, paddle:paddle + 2] = 1
         assert torch.equal(screen, expected), t
         game.step(torch.tensor([0, 2, 1]))
+
+
+def test_the_agent_sees_frames_normalised_as_its_episodes_say():
+    start = starts(5, 9, seed=4)
+    raw = Catch(start, 9).frame()
+    seen = Catch(start, 9, normalisation=(0.25, 0.5)).frame()
+    assert torch.equal(seen, (raw - 0.25) / 0.5)
+    episodes = Episodes(5, 5, 9, "cpu", fixed_seed=1)
+    game, _ = next(iter(episodes))
+    mean, std = Episodes.normalisation
+    assert torch.equal(game.frame(), (Catch(game.start, 9).frame() - mean) / std)
+    assert game.frame().max().item() == pytest.approx(56)  # a lit pixel
+
+
+def test_the_ball_in_the_smallest_patch_against_a_plain_count():
+    """ball_in_patch, each frame's g x g patch at l (the retina's centre, floor((l + 1) / 2 *
+    size), its corner centre - g // 2) against the ball's path played one game at a time."""
+    size, g, n = 11, 3, 40
+    start = starts(n, size, seed=6)
+    gen = torch.Generator().manual_seed(0)
+    locs = torch.rand(n, size - 1, 2, generator=gen) * 2 - 1
+    locs[:8] = torch.tensor([-1.0, 1.0])  # corners: patches partly off the screen
+    inside = catch.ball_in_patch(start, locs, size, g)
+    hits = 0
+    for i in range(n):
+        trace, _, _ = reference_episode(*start[i, :2].tolist(), int(start[i, 2]),
+                                        [1] * (size - 1), size)
+        for t, (column, row, _) in enumerate(trace):
+            cx, cy = (int(f32(0.5) * ((f32(v) + f32(1)) * f32(size))) for v in locs[i, t].tolist())
+            expected = cx - g // 2 <= column < cx - g // 2 + g and cy - g // 2 <= row < cy - g // 2 + g
+            assert bool(inside[i, t]) == expected, (i, t)
+            hits += expected
+    assert 0 < hits < inside.numel()  # both cases seen
+
+
+def test_the_full_screen_agent_sees_every_pixel_wherever_it_looks():
+    model_ = agent(full_screen=True, height=8, width=8)
+    assert model_.sensor.fc1.in_features == 64
+    x = torch.rand(2, 1, 8, 8)
+    for l in (torch.zeros(2, 2), torch.tensor([[-1.0, 1.0], [0.5, -0.25]])):
+        assert torch.equal(model_.sensor.retina.foveate(x, l), x.flatten(1))
+    out = model_(Catch(starts(4, 8, seed=5), 8), torch.zeros(4, 2))
+    assert out.actions.shape == (4, 7)
+
+
+def test_multiply_adds_per_frame_of_ram_and_of_the_full_screen_agent():
+    """Per frame of a 24x24 game: the glimpse network, the LSTM (its hidden product at every
+    step: h_0 = 0 is multiplied too), the location policy and the action network twice each
+    (once to act, once batched for the loss), the baseline once."""
+    for full, phi in ((False, 3 * 36), (True, 576)):
+        model_ = RecurrentAttention(ModelConfig(patch_size=6, num_patches=3, core="lstm",
+                                                num_classes=3, control=True, height=24,
+                                                width=24, full_screen=full)).eval()
+        per_frame = (phi * 128 + 2 * 128 + 2 * 128 * 256 + 2 * 256 * 1024 + 2 * 256 * 2
+                     + 2 * 256 * 3 + 256)
+        game = Catch(starts(4, 24, seed=1), 24)
+        assert multiply_adds(model_, game, torch.zeros(4, 2)) == 23 * per_frame
 
 
 def test_the_starts_are_the_games_and_the_seed_alone_decides_them():
@@ -190,28 +250,52 @@ def test_the_agent_plays_every_frame_greedily_in_eval_and_sampling_in_training()
     assert torch.equal(out.actions, out.log_probas.argmax(-1))
 
 
-def test_the_actions_are_trained_by_reinforce_with_r_minus_b_and_nothing_else():
-    """d loss / d log pi(a_t) = -0.01 (R - b_t) / B at the action taken, 0 at the others;
-    no supervised term; the baseline's MSE reaches the baseline network alone."""
-    model = agent()
-    out = model(Catch(starts(16, 8, seed=2), 8), torch.zeros(16, 2))
+def plain_gae(b, R, lam):
+    """A_t = sum_k lam^k (b_{t+k+1} - b_{t+k}), b_{T+1} = R, by a loop over the games and steps."""
+    B, T = b.shape
+    A = torch.zeros(B, T, dtype=torch.float64)
+    for i in range(B):
+        values = [float(v) for v in b[i]] + [float(R[i])]
+        for t in range(T):
+            A[i, t] = sum(lam ** k * (values[t + k + 1] - values[t + k]) for k in range(T - t))
+    return A
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
+def test_the_advantage_is_gae_of_the_critic(lam):
+    b, R = torch.rand(6, 9, dtype=torch.float64), (torch.rand(6) > 0.5).double()
+    torch.testing.assert_close(model.advantages(b, R, lam), plain_gae(b, R, lam))
+    if lam == 1.0:  # the paper's R - b_t
+        torch.testing.assert_close(model.advantages(b, R, lam), R[:, None] - b)
+
+
+def test_the_actions_are_trained_by_reinforce_on_the_advantage_and_nothing_else():
+    """d loss / d log pi(a_t) = -A_t / B at the action taken, A_t GAE(0.95) of b_t, plus the
+    entropy bonus's share at every action; no supervised term; the critic's MSE reaches the
+    baseline, core and glimpse networks and nothing else."""
+    model_ = agent()
+    out = model_(Catch(starts(16, 8, seed=2), 8), torch.zeros(16, 2))
     out.log_probas.retain_grad()
     losses = loss_terms(out, None)
     assert losses.action.item() == 0 and torch.equal(losses.R, out.R)
     losses.total.backward(retain_graph=True)
     B, T = out.actions.shape
-    expected = torch.zeros(B, T, 3)
-    advantage = out.R[:, None] - out.b.detach()
-    expected.scatter_(2, out.actions.unsqueeze(2), (-0.01 * advantage / B).unsqueeze(2))
-    torch.testing.assert_close(out.log_probas.grad, expected, rtol=1e-6, atol=1e-9)
-    # the plain figure: mean over games of sum_t -(log pi(l_t) + log pi(a_t)) (R - b_t)
-    torch.testing.assert_close(losses.reinforce, (-out.log_pi * advantage).sum(1).mean())
+    A = plain_gae(out.b.detach(), out.R, model.GAE_LAMBDA).float()
+    logp = out.log_probas.detach()
+    # entropy -sum p log p, meaned over the B T steps: d/d log p_k = -p_k (log p_k + 1) / (B T)
+    expected = model.ENTROPY_BONUS * logp.exp() * (logp + 1) / (B * T)
+    expected.scatter_add_(2, out.actions.unsqueeze(2), (-A / B).unsqueeze(2))
+    torch.testing.assert_close(out.log_probas.grad, expected, rtol=1e-5, atol=1e-8)
+    # the plain figures: mean over games of sum_t -(log pi(l_t) + log pi(a_t)) A_t, the mean
+    # entropy, the MSE
+    torch.testing.assert_close(losses.reinforce, (-out.log_pi * A).sum(1).mean())
+    torch.testing.assert_close(losses.entropy, -(logp.exp() * logp).sum(-1).mean())
     assert losses.baseline.item() == pytest.approx(((out.b - out.R[:, None]) ** 2).mean().item())
-    model.zero_grad()
+    model_.zero_grad()
     losses.baseline.backward()
-    for name, p in model.named_parameters():
-        assert (p.grad is not None and p.grad.abs().sum() > 0) == name.startswith("baseliner"), \
-            name
+    reached = {n.split(".")[0] for n, p in model_.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}
+    assert reached == {"baseliner", "rnn", "sensor"}
 
 
 def test_the_action_term_trains_the_trunk_and_the_location_term_the_locator_alone():
@@ -256,8 +340,9 @@ def test_catch_takes_the_papers_sensor_unless_told_otherwise():
 
 @pytest.mark.slow
 def test_train_then_test_prints_the_catch_rate_of_the_fixed_test_games(tmp_path):
-    """As a user runs it: one epoch on a small screen, then --is_train=False; both printed
-    rates are counted again here by playing the 10,000 test games with the saved model."""
+    """As a user runs it: one epoch on a small screen, then --is_train=False; the printed
+    rates and the tracking figure are counted again here by playing the 10,000 test games
+    with the saved model."""
     flags = ["--dataset=catch", "--screen_size=6", "--batch_size=512", "--epochs=1",
              f"--ckpt_dir={tmp_path}"]
     run_main(tmp_path, *flags)
@@ -265,16 +350,25 @@ def test_train_then_test_prints_the_catch_rate_of_the_fixed_test_games(tmp_path)
     lines = [line for line in out.splitlines() if line.startswith("[*] Test Catch rate")]
     assert len(lines) == 2, out
     # main.py's random stream: --random_seed, the model built, then per batch of 4096 games
-    # (main.eval_batch_size) l_0 and the policy's noise
+    # (main.eval_batch_size) l_0 and the policy's noise: greedy, sampled, then greedy again
     torch.manual_seed(1)
     ckpt = torch.load(os.path.join(tmp_path, "ram_5_6x6_2_k3_lstm_catch6_model_best.pth.tar"),
                       weights_only=False)
-    model = RecurrentAttention(ModelConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model_state"])
-    model.eval()
-    caught = 0
+    trained = RecurrentAttention(ModelConfig(**ckpt["model_args"]))
+    trained.load_state_dict(ckpt["model_state"])
+    trained.eval()
+    test_games = catch.get_test_loader(make_config(*flags), "cpu", 4096)
+    caught, held = [0, 0], 0
     with torch.no_grad():
-        for game, _ in catch.get_test_loader(make_config(*flags), "cpu", 4096):
-            caught += int(model(game, torch.empty(len(game), 2).uniform_(-1, 1)).R.sum())
-    assert lines[0] == f"[*] Test Catch rate: {caught}/10000 ({caught / 100:.2f}%)"
-    assert lines[1].startswith("[*] Test Catch rate, actions sampled: ")
+        for i, greedy in enumerate((True, False)):
+            trained.greedy = greedy
+            for game, _ in test_games:
+                caught[i] += int(trained(game, torch.empty(len(game), 2).uniform_(-1, 1)).R.sum())
+        trained.greedy = True
+        for game, _ in test_games:
+            locs = trained(game, torch.empty(len(game), 2).uniform_(-1, 1)).locs
+            held += int(catch.ball_in_patch(game.start, locs, 6, 6).sum())
+    assert lines[0] == f"[*] Test Catch rate: {caught[0]}/10000 ({caught[0] / 100:.2f}%)"
+    assert lines[1] == f"[*] Test Catch rate, actions sampled: {caught[1]}/10000 " \
+        f"({caught[1] / 100:.2f}%)"
+    assert f"[*] Ball in the smallest patch: {held}/50000 frames ({held / 500:.2f}%)" in out

@@ -40,7 +40,7 @@ def test_model_config_from_flags_and_checkpoints():
     assert c.network() == {"patch_size": 12, "num_patches": 3, "glimpse_scale": 2,
                            "glimpse_hidden": 128, "loc_hidden": 128, "hidden_size": 256,
                            "num_glimpses": 6, "core": "rnn", "random_glimpses": False,
-                           "model": "ram"}
+                           "full_screen": False, "model": "ram"}
     # a baseline is only what it uses: RAM's flags do not tell two convnets apart
     assert ModelConfig.of(settings, model="convnet").network() == {"model": "convnet"}
     assert ModelConfig(model="fc", hidden_size=64).network() == {"model": "fc", "hidden_size": 64}
