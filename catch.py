@@ -225,7 +225,7 @@ TRAIN_GAMES, VALID_GAMES, TEST_GAMES = 25_600, 2_000, 10_000
 # within an hour on 2 cores (RESULTS.md#catch): a steadier glimpse (a wide one shifts the
 # screen under the sensor from frame to frame), more games a batch, a faster then decaying rate
 CATCH_DEFAULTS = dict(patch_size=6, num_patches=3, glimpse_scale=2, core="lstm", std=0.05,
-                      batch_size=128, init_lr=5e-4, lr_decay=0.97, epochs=40)
+                      batch_size=128, init_lr=5e-4, lr_decay=0.97, epochs=60)
 
 
 def check_flags(config):

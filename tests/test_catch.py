@@ -334,6 +334,10 @@ def test_a_flag_catch_cannot_run_with_is_one_line(flags, words):
 def test_catch_takes_the_papers_sensor_unless_told_otherwise():
     c = make_config("--dataset=catch")
     assert (c.patch_size, c.num_patches, c.core, c.num_glimpses, c.M) == (6, 3, "lstm", 23, 1)
+    assert (c.std, c.batch_size, c.init_lr, c.lr_decay, c.epochs) == (0.05, 128, 5e-4, 0.97, 60)
+    c = make_config("--dataset=catch", "--std=0.17", "--batch_size=32", "--epochs=3")
+    assert (c.std, c.batch_size, c.epochs, c.init_lr) == (0.17, 32, 3, 5e-4)
+    assert make_config().std == 0.17 and make_config().epochs == 200  # the classifiers' own
     c = make_config("--dataset=catch", "--screen_size=12", "--patch_size=4", "--core=rnn")
     assert (c.patch_size, c.num_patches, c.core, c.num_glimpses) == (4, 3, "rnn", 11)
 
