@@ -115,7 +115,8 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                                "on an empty canvas; cluttered: the same plus clutter pieces cut "
                                "from other digits (the paper's tasks); folder: your own labelled "
                                "images in --data_dir (DATA/train/<class>/<image>, DATA/test/...); "
-                               "catch: the paper's game, played from the reward alone")
+                               "catch: the paper's game, played from the reward alone (its "
+                               "own defaults for the flags not given: catch.CATCH_DEFAULTS)")
     data_arg.add_argument("--canvas_size", type=int, default=None,
                           help="side of the translated or cluttered canvas (default 60)")
     data_arg.add_argument("--num_clutter", type=int, default=None,
