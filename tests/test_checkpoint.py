@@ -98,3 +98,27 @@ def test_torch_hub_loads_each_shipped_model_from_a_local_clone(task, canvas, tmp
         with torch.no_grad():
             answers.append(model(x, torch.rand(2 * len(x), 2) * 2 - 1).log_probas)
     assert torch.equal(*answers)
+
+
+def test_torch_hub_loads_the_shipped_catch_agent_from_a_local_clone():
+    """torch.hub.load(<clone>, "catch", source="local") plays the first 500 test games as the
+    agent main.py builds from the same file, with the same noise, and the hub docstring's
+    way (frames normalised as the checkpoint says) catches what main.py's games do."""
+    import catch
+    import main
+    hub = torch.hub.load(ROOT, "catch", source="local")
+    assert not hub.training and hub.data["classes"] == ["left", "stay", "right"]
+    c = make_config("--dataset=catch", "--is_train=False", f"--ckpt_dir={SHIPPED}")
+    checkpoint.choose(c, True)
+    test_games = catch.get_test_loader(c, "cpu", 500)
+    built, data, _ = main.trained_model(c, "cpu", test_games.image_shape, test_games.classes)
+    assert hub.config.network() == built.config.network()
+    test_games.normalisation = tuple(data["normalisation"])
+    game, _ = next(iter(test_games))
+    caught = []
+    for model, play in ((hub, catch.Catch(game.start, 24, normalisation=hub.data["normalisation"])),
+                        (built, game)):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            caught.append(model(play, torch.rand(500, 2) * 2 - 1).R)
+    assert torch.equal(*caught) and caught[0].sum() > 100  # chance: about 40 of 500
