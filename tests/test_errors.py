@@ -269,7 +269,7 @@ def test_kill_9_never_leaves_a_broken_checkpoint(workdir):
     ckpt_dir = workdir / "ckpt"
     path = ckpt_dir / f"{NAME}_h512-512_ckpt.pth.tar"
     epochs = []
-    for delay in (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04):
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.04):  # five points of the save (the suite's time)
         proc = start_training(workdir, "--epochs=1000", f"--resume={bool(epochs)}", *big,
                               *TINY)
         end = time.time() + 120
