@@ -63,8 +63,7 @@ class Catch:
         """The screen (B, 1, size, size) as the agent sees it: (1 - mean) / std at the ball and
         the paddle, -mean / std elsewhere."""
         mean, std = self.normalisation
-        screen = render(self.column(), self.row, self.paddle, self.size)
-        return screen.sub_(mean).div_(std) if (mean, std) != (0.0, 1.0) else screen
+        return render(self.column(), self.row, self.paddle, self.size).sub_(mean).div_(std)
 
     def step(self, a):
         """Moves the paddle by a - 1 (a (B,) long in 0, 1, 2), then the ball one row."""

@@ -102,9 +102,8 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                                     "its policy says (the paper's \"random glimpses\" rows): "
                                     "what the learned policy is worth")
     reinforce_arg.add_argument("--full_screen", type=str2bool, default=False,
-                               help="RAM sees the whole image at every step instead of its "
-                                    "glimpse (the paper's full-screen agent for Catch): what the "
-                                    "retina saves")
+                               help="the whole image every step, not a glimpse (Catch's "
+                                    "full-screen agent)")
     reinforce_arg.add_argument("--init_loc", choices=("random", "center"), default="random",
                                help="first glimpse location: uniform in [-1, 1]^2 (the seed) "
                                     "or the image centre")

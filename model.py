@@ -303,10 +303,8 @@ def loss_terms(out, y):
     R_t = R.unsqueeze(1).expand_as(out.b)
     # a baseline network (no glimpses, no b_t) leaves the classifier's loss alone
     baseline = F.mse_loss(out.b, R_t) if out.b.numel() else out.b.sum()
-    if out.R is None:
-        reinforce = (-out.log_pi * (R_t - out.b.detach())).sum(1).mean()
-        return Losses(action, baseline, reinforce, R)
-    A = advantages(out.b.detach(), R, GAE_LAMBDA)
+    game = out.R is not None
+    A = advantages(out.b.detach(), R, GAE_LAMBDA) if game else R_t - out.b.detach()
     reinforce = (-out.log_pi * A).sum(1).mean()
-    entropy = -(out.log_probas.exp() * out.log_probas).sum(-1).mean()
+    entropy = -(out.log_probas.exp() * out.log_probas).sum(-1).mean() if game else None
     return Losses(action, baseline, reinforce, R, entropy)
