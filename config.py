@@ -296,15 +296,12 @@ def check_data(config):
     if config.screen_size is not None and config.dataset != "catch":
         raise UserError("--screen_size applies to --dataset=catch")
     given = [f"--{f}" for f in CANVAS_FLAGS if getattr(config, f) is not None]
+    if given and config.dataset in ("mnist", "folder", "catch"):
+        raise UserError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only to "
+                        "--dataset=translated or cluttered")
     if config.dataset == "catch":
-        if given:
-            raise UserError(f"{', '.join(given)} only apply to --dataset=translated or "
-                            "cluttered")
         return catch.check_flags(config)
     if config.dataset in ("mnist", "folder"):
-        if given:
-            raise UserError(f"{', '.join(given)} only apply to --dataset=translated or "
-                            "cluttered")
         return
     if config.dataset == "translated" and config.num_clutter:
         raise UserError("--num_clutter applies to --dataset=cluttered (translated canvases "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import main
 from conftest import ROOT, SHARED, TINY, run_main
 
 pytestmark = pytest.mark.slow  # subprocesses: main.py, torchrun, plot_glimpses.py
@@ -206,13 +207,23 @@ SHIPPED_MODELS = sorted(set(re.findall(
 
 
 @pytest.mark.parametrize("flags, readme", SHIPPED_MODELS)
-def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, flags, readme):
+def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatch, capsys,
+                                                flags, readme):
     """Each README command that tests a shipped model, on the real MNIST (Catch on its own test
     games): the count it prints, up to 5 of 10,000 (another CPU's float rounding may flip a
-    near tie)."""
+    near tie). Run in this process, as main.py runs: its flags parsed and checked, then main
+    (a Python and torch start saved for each of the 24; the other tests run the process)."""
     data = [] if "--dataset=catch" in flags else [f"--data_dir={real_mnist}"]
-    out = run_main(tmp_path, "--is_train=False", f"--ckpt_dir={SHIPPED}", *flags.split(),
-                   *data).stdout
+    monkeypatch.chdir(tmp_path)
+    config = main.get_config(["--is_train=False", f"--ckpt_dir={SHIPPED}", *flags.split(),
+                              *data, "--num_threads=1"])
+    threads = torch.get_num_threads()
+    try:
+        main.check(config)
+        main.main(config)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
     correct = int(re.search(r"Test (?:Acc|Catch rate): (\d+)/10000", out).group(1))
     assert abs(correct - int(readme)) <= 5, out
 

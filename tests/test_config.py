@@ -40,6 +40,9 @@ from utils import UserError
     (["--num_runs=0"], ["--num_runs", "positive"]),
     (["--num_runs=-3"], ["--num_runs", "positive"]),
     (["--num_threads=0"], ["--num_threads", "positive"]),
+    (["--canvas_size=60"], ["--canvas_size applies only to --dataset=translated or cluttered"]),
+    (["--dataset=catch", "--canvas_size=60", "--num_clutter=4"],
+     ["--canvas_size, --num_clutter apply only to"]),
     (["--num_runs=2", "--is_train=False", "--predict=x.png"], ["--predict", "one model",
                                                                 "--ckpt_dir=<ckpt_dir>/seed<S>"]),
 ])
