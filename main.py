@@ -91,6 +91,10 @@ def train(config, device, rank, world):
     model = build(config, train_loader.image_shape, train_loader.classes, device)
     if isinstance(model, RecurrentAttention):
         check_derivatives(model)  # before anything is written
+    if config.init_from and not config.resume:
+        # fine-tuning, a warm restart: the weights alone, before any folder, and before DDP
+        # copies rank 0's weights to the others
+        checkpoint.init_from(model, config.init_from, config, device)
     if rank:  # the same initial weights everywhere, then noise of its own
         torch.manual_seed(config.random_seed + 7919 * rank)
     net = data_parallel(model, train_loader, valid_loader, device, rank, world)
@@ -98,8 +102,6 @@ def train(config, device, rank, world):
                       bar=speaks, quarters=one_of_runs)
     if config.resume:
         checkpoint.resume(trainer, config, device, rank, world)
-    elif config.init_from:  # fine-tuning, a warm restart: the weights alone, before any folder
-        checkpoint.init_from(model, config.init_from, config, device)
     plot_dir = os.path.join(config.plot_dir, utils.model_name(config))
     if config.overwrite:  # the old run's glimpses go with it
         for p in glob.glob(os.path.join(plot_dir, "[gly]_*.p")):
