@@ -1,6 +1,8 @@
-"""main.py as a user runs it, in a subprocess, on tiny MNIST-format files."""
+"""main.py as a user runs it, in a subprocess, on tiny MNIST-format files; and the shipped
+models' test lines on the real data."""
 import os
 import pickle
+import random
 import re
 
 import numpy as np
@@ -216,13 +218,15 @@ def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatc
     data = [] if "--dataset=catch" in flags else [f"--data_dir={real_mnist}"]
     monkeypatch.chdir(tmp_path)
     config = main.get_config(["--is_train=False", f"--ckpt_dir={SHIPPED}", *flags.split(),
-                              *data, "--num_threads=1"])
-    threads = torch.get_num_threads()
-    try:
-        main.check(config)
-        main.main(config)
+                              *data, "--num_threads=1", "--use_gpu=False"])
+    threads, state = torch.get_num_threads(), random.getstate()
+    try:  # main seeds torch and random: the tests after this one keep their own streams
+        with torch.random.fork_rng(devices=[]):
+            main.check(config)
+            main.main(config)
     finally:
         torch.set_num_threads(threads)
+        random.setstate(state)
     out = capsys.readouterr().out
     correct = int(re.search(r"Test (?:Acc|Catch rate): (\d+)/10000", out).group(1))
     assert abs(correct - int(readme)) <= 5, out

@@ -119,6 +119,7 @@ def test_another_rank_leaves_a_user_error_to_rank_0(workdir, flag):
     while not waiting(proc.pid) and time.time() < end:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
+    time.sleep(2)  # and it stays
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)

@@ -78,7 +78,7 @@ def test_bad_flags(trained, flags, words, code):
     before = snapshot(trained / "ckpt")
     proc = run_main(trained, *TINY, *flags, check=False)
     assert_user_error(proc, *words)
-    assert proc.returncode == code
+    assert proc.returncode == code, proc.stderr
     assert snapshot(trained / "ckpt") == before
 
 
