@@ -32,7 +32,9 @@ def test_the_flags_own_checkpoint_comes_first(capsys):
 
 def test_several_runs_that_fit_are_named_with_what_tells_them_apart():
     c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=translated")
-    with pytest.raises(UserError, match="holds 2 runs that fit these flags: "
+    with pytest.raises(UserError, match="holds 3 runs that fit these flags: "
+                       r"ram_4_12x12_2_k3_lstm_translated60 \(--patch_size=12 --num_patches=3 "
+                       r"--num_glimpses=4 --core=lstm\), "
                        r"ram_6_12x12_2_k3_lstm_translated60 \(--patch_size=12 --num_patches=3 "
                        r"--core=lstm\), ram_8_12x12_2_k3_lstm_translated60 \(--patch_size=12 "
                        r"--num_patches=3 --num_glimpses=8 --core=lstm\); pass the flags"):
