@@ -91,9 +91,7 @@ def train(config, device, rank, world):
     model = build(config, train_loader.image_shape, train_loader.classes, device)
     if isinstance(model, RecurrentAttention):
         check_derivatives(model)  # before anything is written
-    if config.init_from and not config.resume:
-        # fine-tuning, a warm restart: the weights alone, before any folder, and before DDP
-        # copies rank 0's weights to the others
+    if config.init_from and not config.resume:  # a warm restart: before any folder, and DDP
         checkpoint.init_from(model, config.init_from, config, device)
     if rank:  # the same initial weights everywhere, then noise of its own
         torch.manual_seed(config.random_seed + 7919 * rank)

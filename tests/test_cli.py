@@ -214,7 +214,7 @@ def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatc
     """Each README command that tests a shipped model, on the real MNIST (Catch on its own test
     games): the count it prints, up to 5 of 10,000 (another CPU's float rounding may flip a
     near tie). Run in this process, as main.py runs: its flags parsed and checked, then main
-    (a Python and torch start saved for each of the 24; the other tests run the process)."""
+    (a Python and torch start saved for each line; the other tests run the process)."""
     data = [] if "--dataset=catch" in flags else [f"--data_dir={real_mnist}"]
     monkeypatch.chdir(tmp_path)
     config = main.get_config(["--is_train=False", f"--ckpt_dir={SHIPPED}", *flags.split(),
