@@ -4,6 +4,7 @@ import os
 import pickle
 import random
 import re
+import statistics
 
 import numpy as np
 import pytest
@@ -202,23 +203,24 @@ def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
     assert abs(correct - 9853) <= 5, out
 
 
+RECORD = "".join(open(os.path.join(ROOT, f)).read() for f in ("README.md", "RESULTS.md"))
 SHIPPED_MODELS = sorted(set(re.findall(
-    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped([^\n]*)\n"
-    r"# \[\*\] Test (?:Acc|Catch rate): (\d+)/10000",
-    "".join(open(os.path.join(ROOT, f)).read() for f in ("README.md", "RESULTS.md")))))
+    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped( [^\n]*)?\n"
+    r"# \[\*\] Test (?:Acc|Catch rate): (\d+)/10000", RECORD)))
+# the error bars: every seed of one recipe, tested by one --num_runs line
+SHIPPED_SEEDS = sorted(set(re.findall(
+    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped/seeds/(\w+)( [^\n]*)\n"
+    r"# \[\*\] Test error over \d+ runs: ([\d.]+)% ± ([\d.]+) \(mean ± sd; ([\d., ]+)\)",
+    RECORD)))
 
 
-@pytest.mark.parametrize("flags, readme", SHIPPED_MODELS)
-def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatch, capsys,
-                                                flags, readme):
-    """Each README command that tests a shipped model, on the real MNIST (Catch on its own test
-    games): the count it prints, up to 5 of 10,000 (another CPU's float rounding may flip a
-    near tie). Run in this process, as main.py runs: its flags parsed and checked, then main
-    (a Python and torch start saved for each line; the other tests run the process)."""
+def main_in_process(real_mnist, tmp_path, monkeypatch, capsys, *flags):
+    """What main.py prints for these flags, run in this process as main.py runs: its flags
+    parsed and checked, then main (a Python and torch start saved for each line; the other
+    tests run the process). Its threads and random streams are the test's again after."""
     data = [] if "--dataset=catch" in flags else [f"--data_dir={real_mnist}"]
     monkeypatch.chdir(tmp_path)
-    config = main.get_config(["--is_train=False", f"--ckpt_dir={SHIPPED}", *flags.split(),
-                              *data, "--num_threads=1", "--use_gpu=False"])
+    config = main.get_config([*flags, *data, "--num_threads=1", "--use_gpu=False"])
     threads, state = torch.get_num_threads(), random.getstate()
     try:  # main seeds torch and random: the tests after this one keep their own streams
         with torch.random.fork_rng(devices=[]):
@@ -227,9 +229,39 @@ def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatc
     finally:
         torch.set_num_threads(threads)
         random.setstate(state)
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, readme", SHIPPED_MODELS)
+def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatch, capsys,
+                                                flags, readme):
+    """Each README command that tests a shipped model, on the real MNIST (Catch on its own test
+    games): the count it prints, up to 5 of 10,000 (another CPU's float rounding may flip a
+    near tie)."""
+    out = main_in_process(real_mnist, tmp_path, monkeypatch, capsys, "--is_train=False",
+                          f"--ckpt_dir={SHIPPED}", *flags.split())
     correct = int(re.search(r"Test (?:Acc|Catch rate): (\d+)/10000", out).group(1))
     assert abs(correct - int(readme)) <= 5, out
+
+
+@pytest.mark.parametrize("folder, flags, mean, sd, errors", SHIPPED_SEEDS)
+def test_shipped_seeds_test_as_the_record_says(real_mnist, tmp_path, monkeypatch, capsys,
+                                               folder, flags, mean, sd, errors):
+    """Each error bar's line: every seed's test error as the record gives it (to 2 decimals,
+    so up to 5 images of 10,000 as above), then their mean and sd over the counts printed;
+    the record's mean and sd are those of its own errors."""
+    record = [float(e) for e in errors.split(", ")]  # rounded to 2 decimals, as printed
+    assert abs(statistics.mean(record) - float(mean)) <= 0.005 + 1e-9
+    assert abs(statistics.stdev(record) - float(sd)) <= 0.005 + 1e-9
+    out = main_in_process(real_mnist, tmp_path, monkeypatch, capsys, "--is_train=False",
+                          f"--ckpt_dir={os.path.join(SHIPPED, 'seeds', folder)}", *flags.split())
+    correct = [int(c) for c in re.findall(r"Test Acc: (\d+)/10000", out)]
+    record = [10000 - round(100 * e) for e in record]
+    assert len(correct) == len(record) == int(re.search(r"--num_runs=(\d+)", flags).group(1))
+    assert all(abs(c - r) <= 5 for c, r in zip(correct, record)), out
+    e = [100 * (1 - c / 10000) for c in correct]
+    assert f"Test error over {len(e)} runs: {statistics.mean(e):.2f}% ± " \
+        f"{statistics.stdev(e):.2f} (mean ± sd; {', '.join(f'{x:.2f}' for x in e)})" in out, out
 
 
 def test_testing_a_folder_of_one_canvas_run_uses_its_canvas(workdir, tmp_path):
@@ -288,6 +320,9 @@ def test_a_checkpoint_file_is_enough_to_test_and_predict(workdir, tmp_path):
 def test_the_record_gives_every_shipped_model():
     shipped = {f for f in os.listdir(SHIPPED) if f.endswith("_model_best.pth.tar")}
     assert len(SHIPPED_MODELS) == len(shipped) == 26
+    seeds = os.path.join(SHIPPED, "seeds")
+    folders = sorted(os.listdir(seeds)) if os.path.isdir(seeds) else []
+    assert sorted(f for f, *_ in SHIPPED_SEEDS) == folders
 
 
 def test_an_edited_forward_stops_before_training_or_trains_with_autograd(workdir, tmp_path):
