@@ -250,15 +250,14 @@ def test_shipped_seeds_test_as_the_record_says(real_mnist, tmp_path, monkeypatch
     """Each error bar's line: every seed's test error as the record gives it (to 2 decimals,
     so up to 5 images of 10,000 as above), then their mean and sd over the counts printed;
     the record's mean and sd are those of its own errors."""
-    record = [float(e) for e in errors.split(", ")]  # rounded to 2 decimals, as printed
-    assert abs(statistics.mean(record) - float(mean)) <= 0.005 + 1e-9
-    assert abs(statistics.stdev(record) - float(sd)) <= 0.005 + 1e-9
+    said = [float(e) for e in errors.split(", ")]  # rounded to 2 decimals, as printed
+    assert abs(statistics.mean(said) - float(mean)) <= 0.005 + 1e-9
+    assert abs(statistics.stdev(said) - float(sd)) <= 0.005 + 1e-9
     out = main_in_process(real_mnist, tmp_path, monkeypatch, capsys, "--is_train=False",
                           f"--ckpt_dir={os.path.join(SHIPPED, 'seeds', folder)}", *flags.split())
     correct = [int(c) for c in re.findall(r"Test Acc: (\d+)/10000", out)]
-    record = [10000 - round(100 * e) for e in record]
-    assert len(correct) == len(record) == int(re.search(r"--num_runs=(\d+)", flags).group(1))
-    assert all(abs(c - r) <= 5 for c, r in zip(correct, record)), out
+    assert len(correct) == len(said) == int(re.search(r"--num_runs=(\d+)", flags).group(1))
+    assert all(abs(c - (10000 - round(100 * e))) <= 5 for c, e in zip(correct, said)), out
     e = [100 * (1 - c / 10000) for c in correct]
     assert f"Test error over {len(e)} runs: {statistics.mean(e):.2f}% ± " \
         f"{statistics.stdev(e):.2f} (mean ± sd; {', '.join(f'{x:.2f}' for x in e)})" in out, out
