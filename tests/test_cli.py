@@ -19,7 +19,9 @@ NAME = "ram_6_8x8_2"
 SHIPPED = os.path.join(ROOT, "ckpt", "shipped")
 
 
-def test_train_resume_test(workdir):
+def test_train_resume_test(workdir, tmp_path):
+    """1 epoch, then --resume=True to 2, then a test: what each prints and writes; the resumed
+    run is the run of 2 epochs straight (assert_resumed_is_straight)."""
     out = run_main(workdir, "--epochs=1", *TINY).stdout
     assert "[*] Number of model parameters: 209,677" in out
     assert "Epoch: 1/1 - LR: 0.000300" in out
@@ -38,6 +40,9 @@ def test_train_resume_test(workdir):
 
     out = run_main(workdir, "--is_train=False", *TINY).stdout
     assert re.search(r"\[\*\] Test Acc: \d+/40 \(\d+\.\d\d%\)", out)
+    straight = tmp_path / "straight"
+    run_main(workdir, "--epochs=2", f"--ckpt_dir={straight}", *TINY)
+    assert_resumed_is_straight(straight, workdir / "ckpt", ())
 
 
 def sha1s(folder):
@@ -95,17 +100,22 @@ def test_the_paper_tasks_train_and_test(workdir, flags, name):
     assert f"holds {name} (" in proc.stderr and "--canvas_size=40" in proc.stderr
 
 
-@pytest.mark.parametrize("flags", [(), ("--ema_decay=0.9", "--lr_decay=0.5")])
-def test_resume_is_exact(workdir, tmp_path, flags):
-    """1 epoch, then --resume=True to 2, gives the same weights bit for bit as 2 epochs (with
-    --ema_decay the same average, the model_state, beside the weights trained; with --lr_decay
-    the same schedule)."""
+def test_resume_is_exact_with_an_average_and_a_schedule(workdir, tmp_path):
+    """As test_train_resume_test's, with --ema_decay (the same average, the model_state,
+    beside the weights trained) and --lr_decay (the same schedule)."""
+    flags = ("--ema_decay=0.9", "--lr_decay=0.5")
     straight = tmp_path / "straight"
     run_main(workdir, "--epochs=2", f"--ckpt_dir={straight}", *TINY, *flags)
     run_main(workdir, "--epochs=1", *TINY, *flags)
     run_main(workdir, "--epochs=2", "--resume=True", *TINY, *flags)
+    assert_resumed_is_straight(straight, workdir / "ckpt", flags)
+
+
+def assert_resumed_is_straight(straight, resumed, flags):
+    """1 epoch, then --resume=True to 2 (in resumed), gives the same weights bit for bit as 2
+    epochs (in straight), and the same optimizer, patience counter, best and schedule."""
     a = torch.load(straight / f"{NAME}_ckpt.pth.tar", weights_only=True)
-    b = torch.load(workdir / "ckpt" / f"{NAME}_ckpt.pth.tar", weights_only=True)
+    b = torch.load(resumed / f"{NAME}_ckpt.pth.tar", weights_only=True)
     ema = any("ema" in f for f in flags)
     states = ("model_state", "train_state") if ema else ("model_state",)
     assert a.get("ema_steps") == b.get("ema_steps") == (12 if ema else None)  # 2 x 6 batches
@@ -187,7 +197,7 @@ def test_no_plot_folder_without_pickles(workdir):
     assert not (workdir / "plots").exists()
 
 
-def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
+def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path, monkeypatch, capsys):
     """The seed's published checkpoint (beside the project, in ../shared/reference, where the
     project's CI has it) tests as the README says, 9853/10000 at M=10."""
     ref = os.path.join(SHARED, "reference", f"{NAME}_model_best.pth.tar")
@@ -197,8 +207,8 @@ def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path):
     ckpt_dir = tmp_path / "seedckpt"
     ckpt_dir.mkdir()
     os.symlink(ref, ckpt_dir / f"{NAME}_model_best.pth.tar")
-    out = run_main(tmp_path, "--is_train=False", f"--data_dir={real_mnist}",
-                   f"--ckpt_dir={ckpt_dir}").stdout
+    out = main_in_process(real_mnist, tmp_path, monkeypatch, capsys, "--is_train=False",
+                          f"--ckpt_dir={ckpt_dir}")
     correct = int(re.search(r"Test Acc: (\d+)/10000", out).group(1))
     assert abs(correct - 9853) <= 5, out
 

@@ -65,8 +65,6 @@ def test_grey_folder_train_resume_test_predict(tmp_path):
 
     out = run_main(tmp_path, "--epochs=2", "--resume=True", *flags).stdout
     assert f"Loaded {name}_ckpt.pth.tar checkpoint @ epoch 1" in out and "Epoch: 2/2" in out
-    out = run_main(tmp_path, "--is_train=False", *flags).stdout
-    assert re.search(r"\[\*\] Test Acc: \d+/18 \(", out)
     # the run announced is the run used, on its own folder: --data_dir need not be given
     out = run_main(tmp_path, "--is_train=False", "--dataset=folder", *TINY).stdout
     assert f"[*] Using {name}, the run in ./ckpt that fits the flags given" in out
