@@ -214,9 +214,10 @@ def test_seed_checkpoint_on_real_mnist(real_mnist, tmp_path, monkeypatch, capsys
 
 
 RECORD = "".join(open(os.path.join(ROOT, f)).read() for f in ("README.md", "RESULTS.md"))
+# each shipped model's line; a seed of an error bar still alone has one too (seeds/<row>/seed<S>)
 SHIPPED_MODELS = sorted(set(re.findall(
-    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped( [^\n]*)?\n"
-    r"# \[\*\] Test (?:Acc|Catch rate): (\d+)/10000", RECORD)))
+    r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped(/seeds/\w+/seed\d+)?( [^\n]*)?"
+    r"\n# \[\*\] Test (?:Acc|Catch rate): (\d+)/10000", RECORD)))
 # the error bars: every seed of one recipe, tested by one --num_runs line
 SHIPPED_SEEDS = sorted(set(re.findall(
     r"python main\.py --is_train=False --ckpt_dir=ckpt/shipped/seeds/(\w+)( [^\n]*)\n"
@@ -242,14 +243,14 @@ def main_in_process(real_mnist, tmp_path, monkeypatch, capsys, *flags):
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags, readme", SHIPPED_MODELS)
+@pytest.mark.parametrize("seed, flags, readme", SHIPPED_MODELS)
 def test_shipped_models_test_as_the_readme_says(real_mnist, tmp_path, monkeypatch, capsys,
-                                                flags, readme):
+                                                seed, flags, readme):
     """Each README command that tests a shipped model, on the real MNIST (Catch on its own test
     games): the count it prints, up to 5 of 10,000 (another CPU's float rounding may flip a
     near tie)."""
     out = main_in_process(real_mnist, tmp_path, monkeypatch, capsys, "--is_train=False",
-                          f"--ckpt_dir={SHIPPED}", *flags.split())
+                          f"--ckpt_dir={SHIPPED}{seed}", *flags.split())
     correct = int(re.search(r"Test (?:Acc|Catch rate): (\d+)/10000", out).group(1))
     assert abs(correct - int(readme)) <= 5, out
 
@@ -328,10 +329,14 @@ def test_a_checkpoint_file_is_enough_to_test_and_predict(workdir, tmp_path):
 
 def test_the_record_gives_every_shipped_model():
     shipped = {f for f in os.listdir(SHIPPED) if f.endswith("_model_best.pth.tar")}
-    assert len(SHIPPED_MODELS) == len(shipped) == 26
+    assert len([s for s, *_ in SHIPPED_MODELS if not s]) == len(shipped) == 26
     seeds = os.path.join(SHIPPED, "seeds")
     folders = sorted(os.listdir(seeds)) if os.path.isdir(seeds) else []
-    assert sorted(f for f, *_ in SHIPPED_SEEDS) == folders
+    # a row's seeds: one --num_runs line for them all, or, while it has one, that seed's line
+    alone = {s for s, *_ in SHIPPED_MODELS if s}
+    assert sorted([f for f, *_ in SHIPPED_SEEDS] + [s.split("/")[2] for s in alone]) == folders
+    assert all(os.listdir(os.path.join(seeds, s.split("/")[2])) == [s.split("/")[3]]
+               for s in alone)
 
 
 def test_an_edited_forward_stops_before_training_or_trains_with_autograd(workdir, tmp_path):
