@@ -333,10 +333,9 @@ def test_the_record_gives_every_shipped_model():
     seeds = os.path.join(SHIPPED, "seeds")
     folders = sorted(os.listdir(seeds)) if os.path.isdir(seeds) else []
     # a row's seeds: one --num_runs line for them all, or, while it has one, that seed's line
-    alone = {s for s, *_ in SHIPPED_MODELS if s}
-    assert sorted([f for f, *_ in SHIPPED_SEEDS] + [s.split("/")[2] for s in alone]) == folders
-    assert all(os.listdir(os.path.join(seeds, s.split("/")[2])) == [s.split("/")[3]]
-               for s in alone)
+    alone = [s.split("/")[2:] for s, *_ in SHIPPED_MODELS if s]  # [row, seed<S>]
+    assert sorted([f for f, *_ in SHIPPED_SEEDS] + [row for row, _ in alone]) == folders
+    assert all(os.listdir(os.path.join(seeds, row)) == [seed] for row, seed in alone)
 
 
 def test_an_edited_forward_stops_before_training_or_trains_with_autograd(workdir, tmp_path):

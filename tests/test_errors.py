@@ -274,11 +274,7 @@ def test_kill_9_never_leaves_a_broken_checkpoint(workdir):
                               *TINY)
         end, seen = time.time() + 120, None
         while True:  # read the 37 MB file only when a save has changed it
-            try:
-                st = os.stat(path)
-                now = (st.st_size, st.st_mtime_ns)
-            except FileNotFoundError:
-                now = None
+            now = files_state(ckpt_dir).get(path.name) if ckpt_dir.is_dir() else None
             if now is not None and now != seen:
                 if saved_epoch(path) > (epochs[-1] if epochs else 0):
                     break
