@@ -1,7 +1,6 @@
 """Shared fixtures: tiny MNIST-format files written by the tests, and the CLI as a subprocess."""
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ MNIST_PLACES = [p for p in (os.environ.get("RAM_MNIST"),
                             os.path.join(ROOT, "data", "MNIST", "raw"),
                             os.path.join(SHARED, "data", "MNIST", "raw")) if p]
 sys.path.insert(0, ROOT)
+import launcher  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -79,11 +79,17 @@ def workdir(tmp_path):
     return tmp_path
 
 
+LAUNCHERS = {}
+
+
 def run_main(cwd, *args, check=True, timeout=300):
-    """python main.py ARGS in cwd, as a user runs it; returns the CompletedProcess."""
+    """python main.py ARGS in cwd, as a user runs it, a process of its own (launcher.py: one
+    that need not import torch again); returns the CompletedProcess."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    key = tuple(sorted(env.items()))
+    if key not in LAUNCHERS:
+        LAUNCHERS[key] = launcher.Launcher(env)
+    proc = LAUNCHERS[key].run(cwd, args, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"main.py {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
