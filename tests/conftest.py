@@ -79,17 +79,19 @@ def workdir(tmp_path):
     return tmp_path
 
 
-LAUNCHERS = {}
+launched = None  # the launcher of this process's last run_main
 
 
 def run_main(cwd, *args, check=True, timeout=300):
     """python main.py ARGS in cwd, as a user runs it, a process of its own (launcher.py: one
     that need not import torch again); returns the CompletedProcess."""
+    global launched
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    key = tuple(sorted(env.items()))
-    if key not in LAUNCHERS:
-        LAUNCHERS[key] = launcher.Launcher(env)
-    proc = LAUNCHERS[key].run(cwd, args, timeout)
+    if launched is None or not launched.serves(env):
+        if launched is not None:
+            launched.close()
+        launched = launcher.Launcher(env)
+    proc = launched.run(cwd, args, env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"main.py {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")

@@ -73,7 +73,8 @@ def become(request):
 
 
 class Launcher:
-    """The client: one server per environment (what torch reads as it is imported)."""
+    """The client. Its server imported torch in the environment it was started in, so it serves
+    calls in that environment (pytest's name of the test running aside: each call's own)."""
 
     def __init__(self, env):
         self.env = env
@@ -81,6 +82,17 @@ class Launcher:
         self.server = subprocess.Popen([sys.executable, __file__], env=env, text=True,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=self.errors)
+
+    @staticmethod
+    def _imported(env):
+        return {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+
+    def serves(self, env):
+        return self._imported(env) == self._imported(self.env)
+
+    def close(self):
+        self.server.stdin.close()
+        self.server.wait()
 
     def read(self, timeout=None):
         if not select.select([self.server.stdout], [], [], timeout)[0]:
@@ -91,14 +103,14 @@ class Launcher:
                                open(self.errors.name).read())
         return json.loads(line)
 
-    def run(self, cwd, args, timeout):
+    def run(self, cwd, args, env, timeout):
         """subprocess.run([python, main.py, *args], capture_output=True, text=True)."""
         with tempfile.TemporaryDirectory() as tmp:
             out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
             for path in out, err:
                 open(path, "w").close()
             self.server.stdin.write(json.dumps({"cwd": str(cwd), "args": list(args),
-                                                "env": self.env, "stdout": out,
+                                                "env": env, "stdout": out,
                                                 "stderr": err}) + "\n")
             self.server.stdin.flush()
             pid = self.read()["pid"]

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import conftest
 from conftest import ROOT, TINY, make_mnist, run_main
 
 pytestmark = pytest.mark.slow  # subprocesses: main.py
@@ -59,3 +60,13 @@ def test_a_launch_past_its_timeout_is_killed(workdir):
     with pytest.raises(subprocess.TimeoutExpired):
         run_main(workdir, "--epochs=50", timeout=1)
     assert run_main(workdir, "--help").returncode == 0
+
+
+def test_one_server_serves_test_after_test(workdir, monkeypatch):
+    """pytest names the test running in PYTEST_CURRENT_TEST: a server per name would be a
+    server, and its import of torch, per test."""
+    run_main(workdir, "--help")
+    server = conftest.launched.server
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/another.py::test (call)")
+    run_main(workdir, "--help")
+    assert conftest.launched.server is server and server.poll() is None
