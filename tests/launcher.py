@@ -74,7 +74,8 @@ def become(request):
 
 class Launcher:
     """The client. Its server imported torch in the environment it was started in, so it serves
-    calls in that environment (pytest's name of the test running aside: each call's own)."""
+    the calls made in that environment but for PYTEST_CURRENT_TEST, pytest's name of the test
+    running, which changes test by test; each launch gets its call's environment whole."""
 
     def __init__(self, env):
         self.env = env
