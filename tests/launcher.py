@@ -8,6 +8,7 @@ no torch work is safe to fork, as multiprocessing's forkserver is.
     python tests/launcher.py   # the server: JSON requests on stdin, JSON replies on stdout
 """
 import ast
+import contextlib
 import gc
 import importlib
 import json
@@ -66,7 +67,9 @@ def become(request):
     for fd, (path, flags) in enumerate(((os.devnull, os.O_RDONLY),
                                         (request["stdout"], os.O_WRONLY | os.O_TRUNC),
                                         (request["stderr"], os.O_WRONLY | os.O_TRUNC))):
-        os.dup2(os.open(path, flags), fd)
+        opened = os.open(path, flags)
+        os.dup2(opened, fd)
+        os.close(opened)  # a process python starts holds 0, 1 and 2 alone
     sys.stdin = open(os.devnull)
     sys.argv = [MAIN, *request["args"]]
     sys.path[0] = ROOT
@@ -78,7 +81,7 @@ class Launcher:
     running, which changes test by test; each launch gets its call's environment whole."""
 
     def __init__(self, env):
-        self.env = env
+        self.env, self.pending = env, b""
         self.errors = tempfile.NamedTemporaryFile(prefix="launcher", suffix=".err")
         self.server = subprocess.Popen([sys.executable, __file__], env=env, text=True,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -96,12 +99,17 @@ class Launcher:
         self.server.wait()
 
     def read(self, timeout=None):
-        if not select.select([self.server.stdout], [], [], timeout)[0]:
-            return None
-        line = self.server.stdout.readline()
-        if not line:
-            raise RuntimeError("the launcher's server stopped: " +
-                               open(self.errors.name).read())
+        """The server's next reply, or None after timeout seconds without one. Read from the
+        pipe itself: a buffered reader may hold both replies while select waits for more."""
+        while b"\n" not in self.pending:
+            if not select.select([self.server.stdout], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self.server.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError("the launcher's server stopped: " +
+                                   open(self.errors.name).read())
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
     def run(self, cwd, args, env, timeout):
@@ -117,7 +125,8 @@ class Launcher:
             pid = self.read()["pid"]
             done = self.read(timeout)
             if done is None:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.kill(pid, signal.SIGKILL)
                 self.read()
             stdout, stderr = open(out).read(), open(err).read()
         # what a real launch would print as it imports: none of it may be hidden here
