@@ -42,22 +42,22 @@ def test_several_runs_that_fit_are_named_with_what_tells_them_apart():
 
 
 def test_a_baseline_is_chosen_only_when_named(capsys):
-    """As in training, RAM unless --model names a baseline: the cluttered 60x60 flags name
-    RAM's run, not the convnet beside it."""
+    """As in training, RAM unless --model names a baseline: the cluttered 60x60 flags with 8
+    glimpses name RAM's run, not the convnet beside it."""
     c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=cluttered",
-                    "--canvas_size=60")
+                    "--canvas_size=60", "--num_glimpses=8")
     checkpoint.choose(c, best=True)
     assert (c.model, c.num_glimpses, c.core) == ("ram", 8, "lstm")
     assert "[*] Using ram_8_12x12_2_k3_lstm_cluttered60," in capsys.readouterr().out
 
 
 def test_random_glimpses_are_chosen_only_when_named(capsys):
-    """Two cluttered 60x60 runs differ only by their policy: the learned one unless
-    --random_glimpses=True is given (as the README's test lines say)."""
+    """Two cluttered 60x60 runs of 8 glimpses differ only by their policy: the learned one
+    unless --random_glimpses=True is given (as the record's test lines say)."""
     for flags, name in (([], "ram_8_12x12_2_k3_lstm_cluttered60"),
                         (["--random_glimpses=True"], "ram_8_12x12_2_k3_lstm_random_cluttered60")):
         c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=cluttered",
-                        "--canvas_size=60", *flags)
+                        "--canvas_size=60", "--num_glimpses=8", *flags)
         checkpoint.choose(c, best=True)
         assert f"[*] Using {name}," in capsys.readouterr().out
 
@@ -87,7 +87,7 @@ def test_torch_hub_loads_each_shipped_model_from_a_local_clone(task, canvas, tmp
              f"--ckpt_dir={SHIPPED}"] + (["--dataset=cluttered" if task.startswith("clut")
                                           else "--dataset=translated",
                                           f"--canvas_size={canvas}"] if canvas else [])
-    if task == "translated":
+    if task in ("translated", "cluttered60"):
         flags.append("--num_glimpses=8")
     c = make_config(*flags)
     checkpoint.choose(c, True)
