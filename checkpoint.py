@@ -25,19 +25,14 @@ SEED_DATA = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
              "image_shape": [1, 28, 28], "classes": [str(i) for i in range(10)]}
 
 
-def path(config, best):
-    if getattr(config, "_file", None):  # --ckpt_dir named a checkpoint file itself
-        return config._file
-    suffix = "_model_best.pth.tar" if best else "_ckpt.pth.tar"
+def run_file(config, suffix):
     return os.path.join(config.ckpt_dir, utils.model_name(config) + suffix)
 
 
-def history_path(config):
-    return os.path.join(config.ckpt_dir, utils.model_name(config) + "_history.csv")
-
-
-def json_path(config):
-    return os.path.join(config.ckpt_dir, utils.model_name(config) + "_params.json")
+def path(config, best):
+    if getattr(config, "_file", None):  # --ckpt_dir named a checkpoint file itself
+        return config._file
+    return run_file(config, "_model_best.pth.tar" if best else "_ckpt.pth.tar")
 
 
 # ------------------------------------------------------------------------------- writing
@@ -52,8 +47,8 @@ def data_record(config, loader):
 def save_config(config):
     """Writes <ckpt_dir>/<model_name>_params.json, as the seed does."""
     print("[*] Model Checkpoint Dir: {}".format(config.ckpt_dir))
-    print("[*] Param Path: {}".format(json_path(config)))
-    utils.save_json(utils.settings(config), json_path(config))
+    print("[*] Param Path: {}".format(run_file(config, "_params.json")))
+    utils.save_json(utils.settings(config), run_file(config, "_params.json"))
 
 
 def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
@@ -63,7 +58,7 @@ def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):
         utils.save_torch(state, path(config, best=False))
         if is_best:
             utils.save_torch(state, path(config, best=True))
-        save_history(state["history"], history_path(config))
+        save_history(state["history"], run_file(config, "_history.csv"))
         if glimpses is not None:
             save_glimpses(plot_dir, state["epoch"], *glimpses, utils.settings(config))
 
@@ -107,8 +102,7 @@ def refuse_to_overwrite(config):
 # ------------------------------------------------------------------------------- reading
 def read(file, device):
     try:
-        # a broken file can make torch warn (a "pickle of protocol 141") before it raises:
-        # the one line below says all there is to say
+        # torch can warn of a broken file before it raises: the one line below says it all
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ckpt = torch.load(file, map_location=device, weights_only=True)
@@ -147,7 +141,7 @@ def params(ckpt, config):
     if ckpt.get("params"):
         return ckpt["params"]
     try:
-        with open(json_path(config)) as f:
+        with open(run_file(config, "_params.json")) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -203,12 +197,6 @@ def saved_runs(folder):
     return found
 
 
-def flags(settings, config):
-    """The flags that would select a run with these settings, where they differ from config."""
-    return [f"--{k}={v}" for k, v in settings.items()
-            if v is not None and v != getattr(config, k)]
-
-
 def choose(config, best):
     """Testing or --predict: the run to use. The flags' own checkpoint, if it is there, as in
     the seed; else the one run in --ckpt_dir that agrees with every network and data flag
@@ -255,8 +243,11 @@ def lend(config, settings, trained):
 
 
 def listing(runs, config):
-    return ", ".join(f"{name} ({' '.join(flags(s, config)) or 'no flag differs'})"
-                     for name, s in runs)
+    """Each run's name and the flags that would select it, where they differ from config."""
+    def flags(s):
+        return " ".join(f"--{k}={v}" for k, v in s.items()
+                        if v is not None and v != getattr(config, k))
+    return ", ".join(f"{name} ({flags(s) or 'no flag differs'})" for name, s in runs)
 
 
 def missing(file, config):
