@@ -47,8 +47,9 @@ def data_record(config, loader):
 def save_config(config):
     """Writes <ckpt_dir>/<model_name>_params.json, as the seed does."""
     print("[*] Model Checkpoint Dir: {}".format(config.ckpt_dir))
-    print("[*] Param Path: {}".format(run_file(config, "_params.json")))
-    utils.save_json(utils.settings(config), run_file(config, "_params.json"))
+    file = run_file(config, "_params.json")
+    print("[*] Param Path: {}".format(file))
+    utils.save_json(utils.settings(config), file)
 
 
 def save_epoch(state, config, is_best, glimpses=None, plot_dir=None):

@@ -335,6 +335,10 @@ def test_the_record_gives_every_shipped_model():
     # a row's seeds: one --num_runs line for them all, or, while it has one, that seed's line
     alone = [s.split("/")[2:] for s, *_ in SHIPPED_MODELS if s]  # [row, seed<S>]
     assert sorted([f for f, *_ in SHIPPED_SEEDS] + [row for row, _ in alone]) == folders
+    # a --num_runs line tests every seed its row ships, seed1 up, and no more
+    for row, flags, *_ in SHIPPED_SEEDS:
+        n = int(re.search(r"--num_runs=(\d+)", flags).group(1))
+        assert sorted(os.listdir(os.path.join(seeds, row))) == [f"seed{s}" for s in range(1, n + 1)]
     assert all(os.listdir(os.path.join(seeds, row)) == [seed] for row, seed in alone)
 
 
