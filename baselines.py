@@ -9,7 +9,6 @@ params/conv.py has the same numbers).
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from model import Rollout
 
@@ -83,18 +82,3 @@ class SmallCNN(nn.Module):
 
 
 BASELINES = {"fc": FullyConnected, "convnet": ConvNet, "smallcnn": SmallCNN}
-
-
-def multiply_adds(model, x, l_0):
-    """Multiply-adds of model on images x (B, C, H, W) from l_0, per image and rollout: half
-    the FLOPs torch counts in its matrix products and convolutions (the sensor's gathers and
-    pooling are not counted)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={
-            torch.ops.aten.addmm_: inplace_addmm_flops}) as counter:
-        model(x, l_0)
-    return counter.get_total_flops() // 2 // len(x)
-
-
-def inplace_addmm_flops(self_shape, a_shape, b_shape, *args, **kwargs):
-    """FLOPs of addmm_ (torch counts only addmm): 2 m k n, as for a matrix product."""
-    return 2 * a_shape[0] * a_shape[1] * b_shape[1]

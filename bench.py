@@ -19,11 +19,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import config
 import runs
 from data_loader import Batches, Canvases
-from baselines import multiply_adds
 from main import build, eval_batch_size
 from model import Rollout, compiled, loss_terms
 from modules import Retina
@@ -31,6 +31,21 @@ from trainer import initial_location, rollout
 from utils import UserError, error_exit
 
 NUM_TRAIN, NUM_VALID = 54000, 6000
+
+
+def multiply_adds(model, x, l_0):
+    """Multiply-adds of model on images x (B, C, H, W) from l_0, per image and rollout: half
+    the FLOPs torch counts in its matrix products and convolutions (the sensor's gathers and
+    pooling are not counted)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten.addmm_: inplace_addmm_flops}) as counter:
+        model(x, l_0)
+    return counter.get_total_flops() // 2 // len(x)
+
+
+def inplace_addmm_flops(self_shape, a_shape, b_shape, *args, **kwargs):
+    """FLOPs of addmm_ (torch counts only addmm): 2 m k n, as for a matrix product."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
 class SeedRetina(Retina):

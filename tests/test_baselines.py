@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import ConvNet, FullyConnected, multiply_adds
+from baselines import ConvNet, FullyConnected
+from bench import multiply_adds
 from model import ModelConfig, RecurrentAttention, loss_terms
 
 

@@ -10,7 +10,7 @@ import torch
 
 import catch
 import model
-from baselines import multiply_adds
+from bench import multiply_adds
 from catch import Catch, Episodes, chase, play_by_hand, starts
 from conftest import make_config, run_main
 from model import ModelConfig, RecurrentAttention, loss_terms
