@@ -41,6 +41,16 @@ def window_mean(x, f):
     return out.div_(f * f).view(*x.shape[:-2], H, W)
 
 
+def padded_window_mean(padded, f, pad):
+    """window_mean(padded, f) of images zero-padded by pad = (before, after) on each side.
+    Only the windows that reach an image pixel are summed (the same shifted sums, so the same
+    floats); the others, most of a wide scale's, lie wholly in the zeros and are 0."""
+    before, after = (max(0, p - f + 1) for p in pad)  # such windows' rows (and columns)
+    H, W = padded.shape[-2:]
+    block = padded[..., before:H - after, before:W - after]
+    return F.pad(window_mean(block, f), (before, after, before, after))
+
+
 class Retina:
     """The glimpse sensor rho(x_t, l_{t-1}): k patches centred at l, the first g x g and each
     next one s times wider, each average-pooled down to g x g, flattened into phi.
@@ -73,7 +83,7 @@ class Retina:
             # offsets are made per rollout (three small ops a scale), not cached: a cache
             # filled while torch.compile traces would make it compile everything twice
             f = n // self.g if prepool else 1
-            img = window_mean(padded, f) if f > 1 else padded
+            img = padded_window_mean(padded, f, self.pad) if f > 1 else padded
             cols = img.shape[-1]
             r = torch.arange(lo - n // 2, lo - n // 2 + n, f, device=x.device)
             scales.append(Scale(img.flatten(2), torch.tensor([1, cols], device=x.device),
