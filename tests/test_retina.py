@@ -85,7 +85,7 @@ def test_one_padding_serves_every_glimpse_of_a_rollout(g, k, s):
 
 
 @pytest.mark.parametrize("g,k,s,C", [(12, 4, 2, 1), (5, 3, 2, 3), (3, 2, 3, 2), (8, 1, 2, 1),
-                                     (1, 3, 2, 1)])
+                                     (1, 3, 2, 1)])  # g = 1: padding narrower than a window
 def test_copies_and_prepooling_give_the_same_floats(g, k, s, C):
     """M rows per image (evaluation) fetch from one padded image, and pre-pooled scales
     (stride-1 pooling, every f-th pixel) are the seed's pooled patches, bit for bit."""
