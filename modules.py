@@ -42,10 +42,12 @@ def window_mean(x, f):
 
 
 def padded_window_mean(padded, f, pad):
-    """window_mean(padded, f) of images zero-padded by pad = (before, after) on each side.
-    Only the windows that reach an image pixel are summed (the same shifted sums, so the same
-    floats); the others, most of a wide scale's, lie wholly in the zeros and are 0."""
-    before, after = (max(0, p - f + 1) for p in pad)  # such windows' rows (and columns)
+    """window_mean(padded, f) of images zero-padded on both axes by pad = (before, after):
+    top and left, bottom and right. Only the windows that reach an image pixel are summed (the
+    same shifted sums, so the same floats); the others, most of a wide scale's, lie wholly in
+    the zeros and are 0."""
+    # how many windows, first and last along each axis, lie wholly in the padding
+    before, after = (max(0, p - f + 1) for p in pad)
     H, W = padded.shape[-2:]
     block = padded[..., before:H - after, before:W - after]
     return F.pad(window_mean(block, f), (before, after, before, after))
