@@ -14,7 +14,7 @@ SHIPPED = os.path.join(ROOT, "ckpt", "shipped")
 
 def test_the_one_run_that_fits_the_flags_given_lends_its_settings(capsys):
     c = make_config("--is_train=False", f"--ckpt_dir={SHIPPED}", "--dataset=cluttered",
-                    "--canvas_size=100")
+                    "--canvas_size=100", "--num_glimpses=8")
     checkpoint.choose(c, best=True)
     assert (c.patch_size, c.num_patches, c.num_glimpses, c.core, c.num_clutter) == \
         (12, 4, 8, "lstm", 8)
