@@ -87,7 +87,7 @@ def test_torch_hub_loads_each_shipped_model_from_a_local_clone(task, canvas, tmp
              f"--ckpt_dir={SHIPPED}"] + (["--dataset=cluttered" if task.startswith("clut")
                                           else "--dataset=translated",
                                           f"--canvas_size={canvas}"] if canvas else [])
-    if task in ("translated", "cluttered60"):
+    if task in ("translated", "cluttered60", "cluttered100"):
         flags.append("--num_glimpses=8")
     c = make_config(*flags)
     checkpoint.choose(c, True)
