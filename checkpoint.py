@@ -19,9 +19,7 @@ from utils import UserError
 # what a checkpoint says of its data; one without a record is the seed's: MNIST 28x28
 DATA_FLAGS = ("dataset", "canvas_size", "num_clutter", "clutter_size", "image_size",
               "screen_size")
-SEED_DATA = {"dataset": "mnist", "canvas_size": None, "num_clutter": None,
-             "clutter_size": None, "image_size": None, "screen_size": None,
-             "normalisation": [0.1307, 0.3081],
+SEED_DATA = {**dict.fromkeys(DATA_FLAGS), "dataset": "mnist", "normalisation": [0.1307, 0.3081],
              "image_shape": [1, 28, 28], "classes": [str(i) for i in range(10)]}
 
 
@@ -149,8 +147,7 @@ def params(ckpt, config):
 
 
 def trained_data(ckpt, settings=None):
-    """What a checkpoint says of its training data (DATA_FLAGS, normalisation, image_shape,
-    classes); one that says nothing is the seed's (SEED_DATA)."""
+    """What a checkpoint says of its training data (SEED_DATA's keys); none says: the seed's."""
     data = dict(SEED_DATA)
     data.update({k: settings[k] for k in DATA_FLAGS if k in (settings or {})})
     data.update(ckpt.get("data") or {})

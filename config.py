@@ -58,8 +58,7 @@ class Defaults(argparse.HelpFormatter):
 
 def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)"):
     """main.py's flags, grouped as the seed groups them (bench.py adds its own)."""
-    parser = Parser(description=description,
-                    formatter_class=Defaults,
+    parser = Parser(description=description, formatter_class=Defaults,
                     allow_abbrev=False)  # --epoch must not silently mean --epochs
 
     parser.add_argument("--model", choices=("ram", "fc", "convnet", "smallcnn"), default="ram",
@@ -182,9 +181,8 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                            help="start over, replacing the checkpoints of an earlier run of the "
                                 "same model in --ckpt_dir (without it, training refuses to)")
     train_arg.add_argument("--autograd", type=str2bool, default=False,
-                           help="backpropagate through the glimpse loop with autograd instead of "
-                                "its written-out derivative: slower, but an edited glimpse or core "
-                                "network trains at once")
+                           help="backpropagate through the glimpse loop with autograd, not its "
+                                "written-out derivative: slower, but an edited network trains")
 
     misc_arg = parser.add_argument_group("Misc.")
     misc_arg.add_argument("--use_gpu", type=str2bool, default=True,
@@ -304,8 +302,7 @@ def check_data(config):
     if config.dataset in ("mnist", "folder"):
         return
     if config.dataset == "translated" and config.num_clutter:
-        raise UserError("--num_clutter applies to --dataset=cluttered (translated canvases "
-                        "have none)")
+        raise UserError("--num_clutter is for --dataset=cluttered: translated canvases have none")
     if config.canvas_size is None:
         config.canvas_size = 60
     if config.clutter_size is None:

@@ -32,10 +32,8 @@ import torch
 
 from utils import UserError
 
-MNIST_FILES = {
-    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 # (mean, std) after /255. MNIST keeps the seed's Normalize((0.1307,), (0.3081,)). A canvas is
 # only scaled to [0, 1]: its empty background must read 0, like the zeros the retina pads
 # with outside the image, or the border of the canvas would be a visible edge to home in on.

@@ -43,6 +43,7 @@ from utils import UserError
     (["--canvas_size=60"], ["--canvas_size applies only to --dataset=translated or cluttered"]),
     (["--dataset=catch", "--canvas_size=60", "--num_clutter=4"],
      ["--canvas_size, --num_clutter apply only to"]),
+    (["--dataset=translated", "--num_clutter=3"], ["--num_clutter is for --dataset=cluttered"]),
     (["--num_runs=2", "--is_train=False", "--predict=x.png"], ["--predict", "one model",
                                                                 "--ckpt_dir=<ckpt_dir>/seed<S>"]),
 ])
