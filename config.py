@@ -181,8 +181,8 @@ def make_parser(description="RAM: Recurrent Attention Model (Mnih et al. 2014)")
                            help="start over, replacing the checkpoints of an earlier run of the "
                                 "same model in --ckpt_dir (without it, training refuses to)")
     train_arg.add_argument("--autograd", type=str2bool, default=False,
-                           help="backpropagate through the glimpse loop with autograd, not its "
-                                "written-out derivative: slower, but an edited network trains")
+                           help="backpropagate through the glimpse loop by autograd, not its "
+                                "written-out derivative: slower, but an edited network needs none")
 
     misc_arg = parser.add_argument_group("Misc.")
     misc_arg.add_argument("--use_gpu", type=str2bool, default=True,
